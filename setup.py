@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="recbole-histllm",
+    version="0.1.0",
+    description="HistLLM (LLM-based multimodal recommendation) and its baselines as a RecBole 1.2 plugin",
+    packages=find_packages(
+        include=["recbole_histllm", "recbole_histllm.*", "dataset_converters", "dataset_converters.*"]
+    ),
+    python_requires=">=3.10",
+    install_requires=[
+        "recbole==1.2.1",
+        # torch 2.14.1 + torchvision 0.29.1 install and import together here (timm needs torchvision).
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "transformers>=4.46",
+        "peft>=0.13",
+        "timm>=1.0",
+        "gguf>=0.10",
+        "pandas>=2,<3",  # pandas 3 silently breaks RecBole 1.2.1's token_seq remapping
+        "numpy",
+        "pyyaml",
+        "scikit-learn",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["recbole-histllm=recbole_histllm.quick_start:main"]},
+)
