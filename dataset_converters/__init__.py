@@ -1,0 +1,5 @@
+"""Raw datasets -> RecBole atomic files (``.inter``, ``.item``) plus ``.text`` and ``summary.json``.
+
+Converters: ``ml100k`` (recbole's bundled copy), ``movie`` (The Movies Dataset), ``netflix``
+(Netflix Prize), ``mind`` (MIND); all share :mod:`dataset_converters.core`.
+"""

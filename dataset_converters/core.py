@@ -1,0 +1,722 @@
+"""Shared core of the dataset converters: labels in, RecBole atomic files out.
+
+Every converter parses its raw files into one interaction frame with the columns
+``user_id``, ``item_id``, ``label`` (0/1), ``timestamp`` (seconds, float) and one item
+frame with ``item_id``, ``title`` (plus optional extra text columns), then calls
+:func:`finalize_dataset`, which
+
+1. drops or keeps rows whose item has no metadata (``missing_meta``),
+2. drops duplicated interactions,
+3. samples items and users with a seed, applies k-core filtering,
+4. builds the ``history`` column (previously liked items, strictly earlier, oldest first),
+5. computes the Table-1 summary (per-user 8:1:1 split by time, RecBole semantics),
+6. writes ``<name>.inter``, ``<name>.item``, ``<name>.text`` and ``summary.json``
+   atomically (temporary sibling directory, then rename).
+
+Malformed or dropped lines are counted in a :class:`ConversionReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("dataset_converters")
+
+INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
+INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\thistory:token_seq"
+ITEM_HEADER = "item_id:token"
+TEXT_BASE_COLUMNS = ("item_id", "title", "description")
+DEFAULT_RATIOS = (0.8, 0.1, 0.1)
+SUMMARY_KEYS = ("train", "valid", "test", "user", "item", "positive", "negative", "with_image")
+SUMMARY_LABELS = {
+    "train": "#Train",
+    "valid": "#Valid",
+    "test": "#Test",
+    "user": "#User",
+    "item": "#Item",
+    "positive": "#Positive",
+    "negative": "#Negative",
+    "with_image": "#With image",
+}
+MISSING_META_CHOICES = ("keep", "drop")
+
+_TEXT_TRANSLATION = str.maketrans({"\t": " ", "\n": " ", "\r": " ", "\x0b": " ", "\x0c": " "})
+
+
+class ConversionReport:
+    """Counts malformed raw lines and dropped rows; logs the first few of each kind.
+
+    Malformed lines are keyed by (file, reason) and each one is counted; the first
+    ``show`` lines per file are logged with file, line number and reason.
+    """
+
+    def __init__(self, show: int = 5) -> None:
+        self.show = show
+        self.malformed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.dropped: dict[str, int] = defaultdict(int)
+        self.info: dict[str, Any] = {}
+        self.notes: dict[str, int] = defaultdict(int)
+        self._shown: dict[str, int] = defaultdict(int)
+
+    def bad(self, file: str | os.PathLike, line_no: int, reason: str, text: str = "") -> None:
+        """Count one malformed/unusable raw line (logged for the first ``show`` per file)."""
+        name = Path(file).name
+        self.malformed[name][reason] += 1
+        if self.show <= 0:
+            return
+        if self._shown[name] < self.show:
+            self._shown[name] += 1
+            snippet = text.rstrip("\r\n")
+            if len(snippet) > 120:
+                snippet = snippet[:117] + "..."
+            logger.warning("%s:%d: %s%s", name, line_no, reason, f" | {snippet!r}" if snippet else "")
+        elif self._shown[name] == self.show:
+            self._shown[name] += 1
+            logger.warning("%s: further malformed lines are counted but not shown", name)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` rows dropped (or kept-but-flagged) for ``reason``."""
+        if n:
+            self.dropped[reason] += int(n)
+
+    def note(self, key: str, n: int = 1) -> None:
+        """Count something noteworthy that is not a drop (e.g. a line decoded as latin-1)."""
+        if self.notes[key] == 0:
+            logger.warning("%s", key)
+        self.notes[key] += n
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(sum(r.values()) for r in self.malformed.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "malformed": {f: dict(r) for f, r in self.malformed.items()},
+            "malformed_total": self.malformed_total,
+            "dropped": dict(self.dropped),
+            "notes": dict(self.notes),
+            **self.info,
+        }
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def clean_text(value: Any) -> str:
+    """Text safe for a TSV cell: tabs, newlines and carriage returns become spaces."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and np.isnan(value):
+        return ""
+    return str(value).translate(_TEXT_TRANSLATION).strip()
+
+
+def valid_token(token: str) -> bool:
+    """True when ``token`` can be a RecBole token (non-empty, no whitespace or quotes)."""
+    return bool(token) and not any(c.isspace() or c in "\"'" for c in token)
+
+
+def read_text_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a ``<name>.text`` side file exactly as written (all columns str, no NaN)."""
+    return pd.read_csv(
+        path,
+        sep="\t",
+        dtype=str,
+        quoting=csv.QUOTE_NONE,
+        keep_default_na=False,
+        na_filter=False,
+        encoding="utf-8",
+    )
+
+
+def iter_lines(
+    path: str | os.PathLike,
+    report: ConversionReport,
+    encoding: str = "utf-8",
+    fallback: str = "latin-1",
+    desc: str | None = None,
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_no, text)`` for each complete line of a text file (1-based numbers).
+
+    Lines are decoded with ``encoding`` (a UTF-8 BOM is dropped); a line that does not
+    decode is decoded with ``fallback`` and counted in ``report.notes``. A last line
+    without a newline is a truncated write: it is reported as malformed and not yielded.
+    Trailing CR/LF characters are stripped.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=desc or path.name, disable=size < 50_000_000)
+    with open(path, "rb") as f, bar:
+        for line_no, raw in enumerate(f, start=1):
+            bar.update(len(raw))
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            complete = raw.endswith(b"\n")
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError:
+                text = raw.decode(fallback, errors="replace")
+                report.note(f"{path.name}: lines decoded as {fallback}")
+            if not complete:
+                if text.strip():
+                    report.bad(path, line_no, "truncated last line (no trailing newline)", text)
+                continue
+            yield line_no, text.rstrip("\r\n")
+
+
+def read_text_file(path: str | os.PathLike, report: ConversionReport, fallback: str = "cp1252") -> str:
+    """Whole file as str: UTF-8 (BOM dropped), else ``fallback`` (latin-1 as last resort)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        report.note(f"{Path(path).name}: not UTF-8, decoded as {fallback}")
+        try:
+            return data.decode(fallback)
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def find_images(image_dir: str | os.PathLike | None, report: ConversionReport | None = None) -> set[str] | None:
+    """Ids (file stems) of the non-empty images ``<id>.<jpg|png|...>`` in ``image_dir``."""
+    if image_dir is None:
+        return None
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    found: set[str] = set()
+    empty = 0
+    for entry in os.scandir(folder):
+        suffix = os.path.splitext(entry.name)[1].lower()
+        if suffix in IMAGE_SUFFIXES and entry.is_file():
+            if entry.stat().st_size > 0:
+                found.add(os.path.splitext(entry.name)[0])
+            else:
+                empty += 1
+    if report is not None:
+        report.drop("empty_image_files", empty)
+        report.info["images_found"] = len(found)
+    return found
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def split_counts(tot: int, ratios: Sequence[float] = DEFAULT_RATIOS) -> list[int]:
+    """Sizes of each part when ``tot`` rows are split by ``ratios``.
+
+    Same arithmetic as RecBole 1.2.1 ``Dataset.split_by_ratio`` + ``_calcu_split_ids``:
+    ratios normalised, every part but the first rounded down, the first takes the rest,
+    then parts whose exact share is in (0, 1) get one row while the first keeps > 1.
+    """
+    tot_ratio = sum(ratios)
+    ratios = [r / tot_ratio for r in ratios]
+    cnt = [int(ratios[i] * tot) for i in range(len(ratios))]
+    cnt[0] = tot - sum(cnt[1:])
+    for i in range(1, len(ratios)):
+        if cnt[0] <= 1:
+            break
+        if 0 < ratios[-i] * tot < 1:
+            cnt[-i] += 1
+            cnt[0] -= 1
+    return cnt
+
+
+# ----------------------------------------------------------------------------- filtering
+
+
+def sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by user then timestamp (stable: ties keep their input order)."""
+    return df.sort_values(["user_id", "timestamp"], kind="mergesort").reset_index(drop=True)
+
+
+def drop_duplicates(
+    df: pd.DataFrame,
+    keys: Sequence[str] = ("user_id", "item_id"),
+    report: ConversionReport | None = None,
+    reason: str = "duplicate_interaction",
+) -> pd.DataFrame:
+    """Drop rows repeating ``keys``; the latest one (by timestamp, then input order) is kept."""
+    ordered = df.sort_values("timestamp", kind="mergesort")
+    dup = ordered.duplicated(list(keys), keep="last")
+    n = int(dup.sum())
+    if report is not None:
+        report.drop(reason, n)
+    if n:
+        logger.info("dropped %d duplicated rows (%s)", n, ", ".join(keys))
+    return ordered[~dup].sort_index()
+
+
+def apply_missing_meta(
+    df: pd.DataFrame,
+    known_items: Iterable[str],
+    policy: str = "drop",
+    report: ConversionReport | None = None,
+) -> pd.DataFrame:
+    """Keep or drop rows whose item has no metadata; counted either way."""
+    if policy not in MISSING_META_CHOICES:
+        raise ValueError(f"missing_meta must be one of {MISSING_META_CHOICES}, got {policy!r}")
+    known = set(known_items)
+    missing = ~df["item_id"].isin(known)
+    n_rows = int(missing.sum())
+    n_items = int(df.loc[missing, "item_id"].nunique())
+    if report is not None and n_rows:
+        report.drop(f"missing_meta_rows_{'dropped' if policy == 'drop' else 'kept'}", n_rows)
+        report.drop(f"missing_meta_items_{'dropped' if policy == 'drop' else 'kept'}", n_items)
+    if n_rows:
+        logger.warning(
+            "%d rows (%d items) have no item metadata: %s (--missing_meta=%s)",
+            n_rows,
+            n_items,
+            "dropped" if policy == "drop" else "kept with empty title",
+            policy,
+        )
+    if policy == "drop":
+        return df[~missing].reset_index(drop=True)
+    return df
+
+
+def sample_ids(ids: Iterable[str], n: int | None, seed: int) -> set[str] | None:
+    """``n`` ids drawn uniformly without replacement (None when no sampling is needed)."""
+    uniq = np.array(sorted(set(ids)), dtype=object)
+    if n is None or n <= 0 or n >= len(uniq):
+        return None
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(uniq, size=n, replace=False).tolist())
+
+
+def sample_interactions(
+    df: pd.DataFrame,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    seed: int = 2024,
+    report: ConversionReport | None = None,
+) -> pd.DataFrame:
+    """Keep the rows of ``n_items`` sampled items, then of ``n_users`` sampled users."""
+    before = len(df)
+    keep_items = sample_ids(df["item_id"], n_items, seed)
+    if keep_items is not None:
+        df = df[df["item_id"].isin(keep_items)]
+    keep_users = sample_ids(df["user_id"], n_users, seed + 1)
+    if keep_users is not None:
+        df = df[df["user_id"].isin(keep_users)]
+    if report is not None:
+        report.drop("sampling", before - len(df))
+    return df.reset_index(drop=True)
+
+
+def kcore_filter(
+    df: pd.DataFrame,
+    user_core: int = 0,
+    item_core: int = 0,
+    report: ConversionReport | None = None,
+) -> pd.DataFrame:
+    """Iteratively keep users with >= ``user_core`` rows and items with >= ``item_core`` rows."""
+    if user_core <= 1 and item_core <= 1:
+        return df
+    before = len(df)
+    while True:
+        n = len(df)
+        if item_core > 1:
+            counts = df["item_id"].map(df["item_id"].value_counts())
+            df = df[counts >= item_core]
+        if user_core > 1:
+            counts = df["user_id"].map(df["user_id"].value_counts())
+            df = df[counts >= user_core]
+        if len(df) == n:
+            break
+    if report is not None:
+        report.drop("kcore", before - len(df))
+    return df.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def build_history(
+    df: pd.DataFrame,
+    max_history: int = 20,
+    prior_history: Mapping[str, Sequence[str]] | None = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Return ``df`` sorted by user then time with a ``history`` column.
+
+    ``history`` lists the user's liked (label 1) items whose timestamp is strictly
+    earlier than the row's, oldest first, at most the ``max_history`` most recent,
+    space separated ('' when none). ``prior_history`` (user -> items, oldest first)
+    counts as likes earlier than any of the user's rows (MIND's behaviors history).
+    """
+    if max_history < 0:
+        raise ValueError("max_history must be >= 0")
+    df = sort_interactions(df)
+    users = df["user_id"].to_numpy()
+    items = df["item_id"].to_numpy()
+    labels = df["label"].to_numpy()
+    stamps = df["timestamp"].to_numpy(dtype=np.float64)
+    history = np.empty(len(df), dtype=object)
+    if len(df) == 0:
+        df["history"] = pd.Series([], dtype=object)
+        return df
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(df)]
+    bounds = zip(starts.tolist(), ends.tolist())
+    if show_progress and len(starts) > 1000:
+        bounds = tqdm(bounds, total=len(starts), desc="history", unit="user")
+    for start, end in bounds:
+        prior = list(prior_history.get(users[start], ())) if prior_history else []
+        pos = np.flatnonzero(labels[start:end] == 1)
+        liked = prior + items[start:end][pos].tolist()
+        pos_ts = stamps[start:end][pos]
+        n_prior = len(prior)
+        # number of likes strictly earlier than each row (rows are time-sorted)
+        k = n_prior + np.searchsorted(pos_ts, stamps[start:end], side="left")
+        for j, kk in enumerate(k.tolist()):
+            if max_history == 0 or kk == 0:
+                history[start + j] = ""
+            else:
+                history[start + j] = " ".join(liked[max(0, kk - max_history) : kk])
+    df["history"] = history
+    return df
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(
+    df: pd.DataFrame,
+    item_ids: Iterable[str] | None = None,
+    image_items: Iterable[str] | None = None,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+) -> dict[str, Any]:
+    """Table-1 numbers: per-user split sizes, #user, #item, #positive, #negative, #with image.
+
+    ``item`` counts the items of ``item_ids`` (the rows of ``.item``; default: the items
+    of ``df``); ``with_image`` counts those in ``image_items`` (None when no images given).
+    """
+    train = valid = test = 0
+    for tot in df.groupby("user_id", sort=False).size().tolist():
+        c = split_counts(int(tot), ratios)
+        train, valid, test = train + c[0], valid + c[1], test + c[2]
+    items = set(df["item_id"]) if item_ids is None else set(item_ids)
+    pos = int((df["label"] == 1).sum())
+    return {
+        "train": train,
+        "valid": valid,
+        "test": test,
+        "user": int(df["user_id"].nunique()),
+        "item": len(items),
+        "positive": pos,
+        "negative": int(len(df) - pos),
+        "with_image": None if image_items is None else len(items & set(image_items)),
+    }
+
+
+def format_summary(summary: Mapping[str, Any], name: str = "dataset") -> str:
+    """Summary as a two-column table in the shape of the paper's Table 1."""
+    width = max(len(v) for v in SUMMARY_LABELS.values())
+    lines = [f"{'dataset':<{width}}  {name}"]
+    for key in SUMMARY_KEYS:
+        value = summary.get(key)
+        lines.append(f"{SUMMARY_LABELS[key]:<{width}}  {'-' if value is None else value}")
+    if "malformed_total" in summary:
+        lines.append(f"{'#Malformed':<{width}}  {summary['malformed_total']}")
+    dropped = summary.get("dropped") or {}
+    for reason, n in dropped.items():
+        lines.append(f"  dropped/{reason}: {n}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces ``out_dir`` on success.
+
+    The temporary directory's name differs from ``out_dir``, so a run killed while
+    writing leaves no directory RecBole would load; an existing ``out_dir`` is replaced
+    only after the new one is complete. On error the temporary directory is removed.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_lines(path: Path, header: str, rows: Iterable[Sequence[str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(header + "\n")
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+
+
+def _format_number(values: np.ndarray) -> list[str]:
+    values = np.asarray(values, dtype=np.float64)
+    if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        return [str(v) for v in values.astype(np.int64).tolist()]
+    return [repr(float(v)) for v in values.tolist()]
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    inter: pd.DataFrame,
+    text: pd.DataFrame,
+    summary: Mapping[str, Any],
+) -> Path:
+    """Write ``<name>.inter``, ``<name>.item``, ``<name>.text`` and ``summary.json`` atomically.
+
+    ``inter`` has :data:`INTER_COLUMNS` (sorted by user then time); ``text`` has one row
+    per item of ``.item`` with at least ``item_id`` and ``title`` (``description`` and any
+    extra text columns optional). Returns the output directory.
+    """
+    out = Path(out_dir)
+    name = out.resolve().name
+    text = text.copy()
+    if "description" not in text.columns:
+        text["description"] = ""
+    columns = list(TEXT_BASE_COLUMNS) + [c for c in text.columns if c not in TEXT_BASE_COLUMNS]
+    text = text[columns].sort_values("item_id", kind="mergesort")
+    with atomic_output_dir(out) as tmp:
+        _write_lines(
+            tmp / f"{name}.inter",
+            INTER_HEADER,
+            zip(
+                inter["user_id"].astype(str).tolist(),
+                inter["item_id"].astype(str).tolist(),
+                [str(int(v)) for v in inter["label"].tolist()],
+                _format_number(inter["timestamp"].to_numpy()),
+                inter["history"].astype(str).tolist(),
+            ),
+        )
+        _write_lines(tmp / f"{name}.item", ITEM_HEADER, ((i,) for i in text["item_id"].tolist()))
+        cells = [text["item_id"].astype(str).tolist()] + [
+            [clean_text(v) for v in text[c].tolist()] for c in columns[1:]
+        ]
+        _write_lines(tmp / f"{name}.text", "\t".join(columns), zip(*cells))
+        with open(tmp / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(dict(summary), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    return out
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def finalize_dataset(
+    inter: pd.DataFrame,
+    items: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    max_history: int = 20,
+    user_core: int = 0,
+    item_core: int = 0,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    seed: int = 2024,
+    missing_meta: str = "drop",
+    dedupe_keys: Sequence[str] | None = ("user_id", "item_id"),
+    prior_history: Mapping[str, Sequence[str]] | None = None,
+    image_items: Iterable[str] | None = None,
+    require_image: bool = False,
+    report: ConversionReport | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Filter, build history, summarise and write one dataset; returns the summary.
+
+    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds).
+    ``items``: item metadata, columns item_id, title (+ extra text columns); items absent
+    from it are handled by ``missing_meta`` ('keep': empty title, 'drop': rows removed),
+    for interaction rows and for ``prior_history`` items alike.
+    ``dedupe_keys``: rows repeating these keys are dropped (latest kept); None disables.
+    ``require_image``: drop rows whose item is not in ``image_items`` (counted).
+    """
+    report = report or ConversionReport()
+    inter = inter[["user_id", "item_id", "label", "timestamp"]].copy()
+    inter["user_id"] = inter["user_id"].astype(str)
+    inter["item_id"] = inter["item_id"].astype(str)
+    inter["label"] = inter["label"].astype(np.int64)
+    inter["timestamp"] = inter["timestamp"].astype(np.float64)
+    items = items.copy()
+    items["item_id"] = items["item_id"].astype(str)
+    items = items.drop_duplicates("item_id", keep="first")
+    known = set(items["item_id"])
+
+    inter = apply_missing_meta(inter, known, missing_meta, report)
+    if image_items is not None:
+        image_items = set(image_items)
+    if require_image:
+        if image_items is None:
+            raise ValueError("require_image needs an image folder")
+        no_image = ~inter["item_id"].isin(image_items)
+        report.drop("no_image_rows", int(no_image.sum()))
+        inter = inter[~no_image].reset_index(drop=True)
+    if dedupe_keys:
+        inter = drop_duplicates(inter, dedupe_keys, report)
+    inter = sample_interactions(inter, n_users, n_items, seed, report)
+    inter = kcore_filter(inter, user_core, item_core, report)
+    if inter.empty:
+        raise ValueError("no interactions left after filtering; check the raw files and options")
+
+    if prior_history:
+        users = set(inter["user_id"])
+        cleaned: dict[str, list[str]] = {}
+        n_missing = 0
+        for user, hist in prior_history.items():
+            if user not in users:
+                continue
+            keep = []
+            for it in hist:
+                if it not in known:
+                    n_missing += 1
+                    if missing_meta == "drop":
+                        continue
+                keep.append(it)
+            cleaned[user] = keep
+        report.drop(
+            f"prior_history_missing_meta_{'dropped' if missing_meta == 'drop' else 'kept'}",
+            n_missing,
+        )
+        prior_history = cleaned
+
+    inter = build_history(inter, max_history, prior_history)
+
+    used = set(inter["item_id"])
+    for hist in inter["history"].tolist():
+        if hist:
+            used.update(hist.split(" "))
+    text = items[items["item_id"].isin(used)]
+    missing = sorted(used - set(text["item_id"]))
+    if missing:
+        filler = pd.DataFrame({"item_id": missing})
+        for col in text.columns:
+            if col != "item_id":
+                filler[col] = ""
+        text = pd.concat([text, filler], ignore_index=True)
+    text = text.fillna("")
+
+    summary = summarize(inter, text["item_id"], image_items)
+    summary["item_in_inter"] = int(inter["item_id"].nunique())
+    summary["rows"] = int(len(inter))
+    summary["max_history"] = int(max_history)
+    summary.update(report.to_dict())
+    if extra:
+        summary.update(extra)
+    write_dataset(out_dir, inter, text, summary)
+    return summary
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Plain console logging for the command-line entry points."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def add_common_args(parser: Any, default_core: int = 0) -> None:
+    """Options shared by every converter's command line."""
+    parser.add_argument("--out", required=True, help="output folder, e.g. dataset/movie")
+    parser.add_argument("--max_history", type=int, default=20, help="liked items kept per row")
+    parser.add_argument("--user_core", type=int, default=default_core, help="k-core on users (rows)")
+    parser.add_argument("--item_core", type=int, default=default_core, help="k-core on items (rows)")
+    parser.add_argument("--sample_users", type=int, default=None, help="keep N random users")
+    parser.add_argument("--sample_items", type=int, default=None, help="keep N random items")
+    parser.add_argument("--seed", type=int, default=2024, help="sampling seed")
+    parser.add_argument(
+        "--missing_meta",
+        choices=MISSING_META_CHOICES,
+        default="drop",
+        help="rows whose item has no metadata: keep (empty title) or drop; counted either way",
+    )
+    parser.add_argument(
+        "--require_image", action="store_true", help="drop rows whose item has no image (needs --images)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def read_inter(path: str | os.PathLike) -> pd.DataFrame:
+    """A written ``.inter`` file as str columns (history '' when empty)."""
+    df = pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False)
+    df.columns = [c.split(":")[0] for c in df.columns]
+    return df
+
+
+def check_history(
+    out_dir: str | os.PathLike,
+    max_history: int = 20,
+    prior_history: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Brute-force audit of a written dataset; returns a list of problems (empty = clean).
+
+    For every row: each history item was liked (label 1) by the same user strictly
+    earlier (or is in ``prior_history``), history is oldest first, at most
+    ``max_history`` long and equal to the most recent earlier likes (simultaneous likes in
+    file order); rows are sorted by user then time; every item (and history item) has a
+    row in ``.item`` and ``.text``.
+    """
+    out = Path(out_dir)
+    name = out.resolve().name
+    df = read_inter(out / f"{name}.inter")
+    problems: list[str] = []
+    item_rows = (out / f"{name}.item").read_text(encoding="utf-8").splitlines()[1:]
+    items = {line.split("\t")[0] for line in item_rows}
+    text_items = set(read_text_table(out / f"{name}.text")["item_id"])
+    if items != text_items:
+        problems.append(".item and .text list different items")
+    likes: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for user, item, label, ts in zip(df["user_id"], df["item_id"], df["label"], df["timestamp"]):
+        if float(label) == 1:
+            likes[user].append((float(ts), item))
+    prev: tuple[str, float] | None = None
+    for row_no, (user, item, ts_s, hist) in enumerate(
+        zip(df["user_id"], df["item_id"], df["timestamp"], df["history"]), start=2
+    ):
+        ts = float(ts_s)
+        if prev is not None and (user < prev[0] or (user == prev[0] and ts < prev[1])):
+            problems.append(f"row {row_no}: not sorted by user then time")
+        prev = (user, ts)
+        got = hist.split(" ") if hist else []
+        earlier = [("prior", it) for it in (prior_history or {}).get(user, [])]
+        earlier += [(t, it) for t, it in sorted(likes[user], key=lambda x: x[0]) if t < ts]
+        expected = [it for _, it in earlier][-max_history:] if max_history else []
+        if len(got) > max_history:
+            problems.append(f"row {row_no}: history longer than {max_history}")
+        if got != expected:
+            problems.append(f"row {row_no}: history {got} != expected {expected}")
+        if item not in items or any(h not in items for h in got):
+            problems.append(f"row {row_no}: item or history item missing from .item")
+        if len(problems) > 50:
+            break
+    return problems

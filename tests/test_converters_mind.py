@@ -1,0 +1,111 @@
+"""MIND converter (behaviors.tsv / news.tsv format) on generated fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataset_converters import mind
+from dataset_converters.core import check_history, read_inter, read_text_table
+
+
+def _news(nid: str, title: str, abstract: str) -> str:
+    return "\t".join([nid, "news", "newsworld", title, abstract, f"https://assets.msn.com/{nid}", "[]", "[]"])
+
+
+def make_raw(root: Path, name: str = "raw") -> Path:
+    raw = root / name
+    raw.mkdir()
+    news = [
+        _news("N1", "Title, with commas", "Abstract one."),
+        _news("N2", "Café crème", ""),  # non-ASCII, empty abstract
+        _news("N3", "Three", "Three abstract"),
+        _news("N4", "Four", "Four abstract"),
+        _news("N5", "Five", "Five abstract"),
+        "N6\tnews\tbroken",  # malformed: 3 fields
+    ]
+    (raw / "news.tsv").write_text("\n".join(news) + "\n", encoding="utf-8")
+    behaviors = [
+        "1\tU1\t11/11/2019 9:05:58 AM\tN1 N2 N99\tN3-1 N4-0",  # N99: absent from news.tsv
+        "2\tU2\t11/12/2019 1:00:00 PM\t\tN3-0 N5-1",  # empty history
+        "3\tU1\t11/13/2019 10:00:00 AM\tN1 N2 N99\tN5-1 N4-0 N3-0",
+        "4\tU2\t11/14/2019 8:55:22 PM\t\tN4-1 N1-0 N7-1",  # N7: no metadata
+        "5\tU1\t11/14/2019 8:55:22 PM\tN1 N2 N99\tN5-1",  # same news clicked again later
+        "6\tU3\t11/15/2019 8:55:22 AM\tN1\tN2 N3",  # test-split style: no labels
+        "7\tU3\tyesterday\tN1\tN2-1",  # bad time
+        "3\tU1\t11/16/2019 1:00:00 AM\tN1\tN2-1",  # duplicate impression id
+        "8\tU3\t11/16/2019 1:00:00 AM\tN1",  # 4 fields
+        "9\tU3\t11/17/2019 1:00:00 AM\tN1\tN2-",  # truncated last line
+    ]
+    (raw / "behaviors.tsv").write_text("\n".join(behaviors), encoding="utf-8")
+    return raw
+
+
+@pytest.fixture()
+def converted(tmp_path):
+    raw = make_raw(tmp_path)
+    out = tmp_path / "mind"
+    return out, mind.build_mind(raw, out, max_history=3)
+
+
+def test_mind_rows_labels_history(converted):
+    out, s = converted
+    assert (s["user"], s["positive"], s["negative"]) == (2, 5, 5)
+    assert s["item"] == 5 and s["item_in_inter"] == 4  # N2 appears only in histories
+    assert s["malformed"]["news.tsv"] == {"expected 8 fields, got 3": 1}
+    assert s["malformed"]["behaviors.tsv"] == {
+        "impressions without click labels": 1,
+        "invalid time": 1,
+        "duplicate impression id": 1,
+        "expected 5 fields, got 4": 1,
+        "truncated last line (no trailing newline)": 1,
+    }
+    assert s["dropped"]["missing_meta_rows_dropped"] == 1  # N7
+    assert s["dropped"]["prior_history_missing_meta_dropped"] == 1  # N99 of U1
+    inter = read_inter(out / "mind.inter")
+    u1 = inter[inter.user_id == "U1"]
+    assert u1["item_id"].tolist() == ["N3", "N4", "N5", "N4", "N3", "N5"]
+    assert u1["label"].tolist() == ["1", "0", "1", "0", "0", "1"]
+    # prior history N1 N2 (N99 dropped) then clicks strictly earlier, at most 3
+    assert u1["history"].tolist() == ["N1 N2", "N1 N2", "N1 N2 N3", "N1 N2 N3", "N1 N2 N3", "N2 N3 N5"]
+    u2 = inter[inter.user_id == "U2"]
+    assert u2["history"].tolist() == ["", "", "N5", "N5"]
+    text = read_text_table(out / "mind.text")
+    assert list(text.columns) == ["item_id", "title", "description", "abstract"]
+    titles = dict(zip(text["item_id"], text["title"]))
+    assert titles["N1"] == "Title, with commas" and titles["N2"] == "Café crème"
+
+
+def test_mind_no_leakage(converted):
+    out, _ = converted
+    assert check_history(out, max_history=3, prior_history={"U1": ["N1", "N2"]}) == []
+
+
+def test_mind_keep_missing_and_merge(tmp_path):
+    first = make_raw(tmp_path, "train")
+    second = tmp_path / "dev"
+    second.mkdir()
+    (second / "news.tsv").write_text(_news("N8", "Eight", "") + "\n", encoding="utf-8")
+    (second / "behaviors.tsv").write_text("1\tU2\t11/20/2019 9:00:00 AM\tN5\tN8-1 N3-0\n", encoding="utf-8")
+    out = tmp_path / "merged"
+    s = mind.build_mind([first, second], out, missing_meta="keep")
+    assert s["dropped"]["missing_meta_rows_kept"] == 1
+    assert s["dropped"]["prior_history_missing_meta_kept"] == 1
+    inter = read_inter(out / "merged.inter")
+    assert inter[inter.user_id == "U2"]["history"].tolist()[-2:] == ["N5 N4 N7", "N5 N4 N7"]
+    text = read_text_table(out / "merged.text")
+    assert set(text["item_id"]) >= {"N7", "N8", "N99"}
+    assert text.loc[text.item_id == "N99", "title"].item() == ""
+    assert check_history(out, max_history=20, prior_history={"U1": ["N1", "N2", "N99"]}) == []
+
+
+def test_mind_cli_images(tmp_path, capsys):
+    raw = make_raw(tmp_path)
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "N3.jpg").write_bytes(b"x")
+    (images / "N2.png").write_bytes(b"x")
+    s = mind.main(["--raw", str(raw), "--out", str(tmp_path / "news"), "--images", str(images)])
+    assert s["with_image"] == 2
+    assert "#With image" in capsys.readouterr().out

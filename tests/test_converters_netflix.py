@@ -1,0 +1,107 @@
+"""netflix converter (Netflix Prize format) on generated fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataset_converters import netflix
+from dataset_converters.core import check_history, read_inter, read_text_table
+
+
+def make_raw(root: Path) -> Path:
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "combined_data_1.txt").write_text(
+        "1:\n"
+        "1001,5,2005-09-06\n"
+        "1002,3,2005-05-13\n"
+        "1003,4,2005-01-01\n"
+        "2:\n"
+        "1001,4,2005-09-06\n"  # rated (1001, 2) twice:
+        "1001,2,2005-09-07\n"  # the later rating wins (a dislike)
+        "1002,4,2005-06-01\n"
+        "bad,line\n"  # malformed: 2 fields
+        "1003,6,2005-01-02\n",  # malformed: rating 6
+        encoding="ascii",
+    )
+    (raw / "combined_data_2.txt").write_text(
+        "1004,5,2005-01-01\n"  # malformed: rating before any movie header
+        "3:\n"
+        "1001,5,2005-10-01\n"
+        "1002,1,2005-13-01\n"  # malformed: month 13
+        "1003,5,2005-02-01\n"
+        "4:\n"
+        "1001,4,2005-11-01\n"
+        "7:\n"
+        "1002,5,2005-07-01\n"  # movie 7 has no title
+        "1002,4,2005-0",  # truncated last line
+        encoding="ascii",
+    )
+    titles = (
+        "1,2003,Dinosaur Planet\n"
+        "2,NULL,Isle of Man TT 2004 Review\n"
+        "3,2004,The Rise and Fall of ECW, Part 2, Extended\n"  # unquoted commas in the title
+        "4,2001,Amélie, la fabuleuse\n"  # latin-1 bytes
+    )
+    (raw / "movie_titles.csv").write_bytes(titles.encode("latin-1"))
+    return raw
+
+
+@pytest.fixture()
+def converted(tmp_path):
+    raw = make_raw(tmp_path)
+    out = tmp_path / "netflix"
+    return out, netflix.build_netflix(raw, out, max_history=3)
+
+
+def test_netflix_summary_titles_and_report(converted):
+    out, s = converted
+    # rows: 1001 x {1,2,3,4}, 1002 x {1,2}, 1003 x {1,3}
+    assert (s["user"], s["item"], s["positive"] + s["negative"]) == (3, 4, 8)
+    assert s["positive"] == 6 and s["negative"] == 2
+    assert s["malformed"]["combined_data_1.txt"] == {"expected 3 fields, got 2": 1, "rating not in 1..5": 1}
+    assert s["malformed"]["combined_data_2.txt"] == {
+        "rating without a valid movie header": 1,
+        "invalid date": 1,
+        "truncated last line (no trailing newline)": 1,
+    }
+    assert s["dropped"]["duplicate_interaction"] == 1
+    assert s["dropped"]["missing_meta_rows_dropped"] == 1
+    assert any("latin-1" in k for k in s["notes"])
+    titles = dict(read_text_table(out / "netflix.text")[["item_id", "title"]].values.tolist())
+    assert titles == {
+        "1": "Dinosaur Planet (2003)",
+        "2": "Isle of Man TT 2004 Review",
+        "3": "The Rise and Fall of ECW, Part 2, Extended (2004)",
+        "4": "Amélie, la fabuleuse (2001)",
+    }
+    inter = read_inter(out / "netflix.inter")
+    u = inter[inter.user_id == "1001"]
+    assert u["item_id"].tolist() == ["1", "2", "3", "4"]
+    assert u["label"].tolist() == ["1", "0", "1", "1"]
+    assert u["history"].tolist() == ["", "1", "1", "1 3"]  # the kept duplicate is the later day
+    assert float(u["timestamp"].iloc[0]) == 1125964800.0  # 2005-09-06 UTC
+
+
+def test_netflix_no_leakage(converted):
+    out, _ = converted
+    assert check_history(out, max_history=3) == []
+
+
+def test_netflix_sampling_deterministic(tmp_path):
+    raw = make_raw(tmp_path)
+    a = netflix.build_netflix(raw, tmp_path / "a", sample_users=2, seed=3, missing_meta="keep")
+    b = netflix.build_netflix(raw, tmp_path / "b", sample_users=2, seed=3, missing_meta="keep")
+    assert a["user"] == b["user"] == 2 and a["users_before_sampling"] == 3
+    assert (tmp_path / "a" / "a.inter").read_bytes() == (tmp_path / "b" / "b.inter").read_bytes()
+    # the first pass does not count malformed lines twice
+    assert a["malformed"]["combined_data_1.txt"]["rating not in 1..5"] == 1
+
+
+def test_netflix_cli_kcore(tmp_path, capsys):
+    raw = make_raw(tmp_path)
+    s = netflix.main(["--raw", str(raw), "--out", str(tmp_path / "k"), "--user_core", "3"])
+    assert s["user"] == 1 and s["dropped"]["kcore"] == 4
+    assert "#Positive" in capsys.readouterr().out
