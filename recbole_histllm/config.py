@@ -1,0 +1,97 @@
+"""RecBole Config that reads this plugin's properties and looks models up here first.
+
+Priority, later wins: RecBole's own defaults < ``properties/overall.yaml`` <
+``properties/dataset/<dataset>.yaml`` < ``properties/model/<model>.yaml`` < user YAML
+files < ``config_dict`` (the command-line keys). RecBole's own reading of ``sys.argv`` is
+switched off: the CLI parses the command line and passes the keys as ``config_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import argument_list
+
+from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_model
+
+# Keys that are not RecBole's but that the plugin's CLI and pipeline read.
+PLUGIN_KEYS = {"output_dir", "config_files", "debug", "model", "dataset"}
+
+
+def read_yaml(path: str | os.PathLike, loader=yaml.FullLoader) -> dict:
+    """Load one YAML property file; syntax errors become a UsageError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle.read(), Loader=loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def property_files(model: str, dataset: str) -> list[Path]:
+    """The plugin property files that exist for this model and dataset, lowest priority first."""
+    candidates = [
+        PROPERTIES_DIR / "overall.yaml",
+        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
+        PROPERTIES_DIR / "model" / f"{model}.yaml",
+    ]
+    return [path for path in candidates if path.is_file()]
+
+
+class Config(RecBoleConfig):
+    """RecBole's Config with the plugin's property files and model lookup."""
+
+    def _load_cmd_line(self) -> dict:
+        return {}
+
+    def _load_config_files(self, file_list):
+        file_config = {}
+        for file in file_list or []:
+            file_config.update(read_yaml(file, self.yaml_loader))
+        return file_config
+
+    def _get_model_and_dataset(self, model, dataset):
+        if isinstance(model, str):
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self.plugin_property_files = property_files(model, dataset)
+        for path in self.plugin_property_files:
+            values = read_yaml(path, self.yaml_loader)
+            self.internal_config_dict.update(values)
+            if path.parent.name == "dataset":
+                self.parameters["Dataset"] += [k for k in values if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self):
+        data_root = self.final_config_dict.get("data_path", "dataset/")
+        super()._set_default_parameters()
+        # RecBole points ml-100k at its bundled raw copy; the plugin's CTR version of it
+        # is built into the data folder like every other dataset.
+        if self.dataset == "ml-100k":
+            self.final_config_dict["data_path"] = os.path.join(data_root, self.dataset)
+
+    def known_keys(self) -> set[str]:
+        """Every key a property file or RecBole itself defines, plus the plugin's own."""
+        keys = set(self.internal_config_dict) | PLUGIN_KEYS
+        for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+            keys |= set(getattr(argument_list, name))
+        return keys
+
+    def unknown_keys(self) -> list[str]:
+        """User-given keys (files and command line) that nothing defines: likely typos."""
+        return sorted(set(self.external_config_dict) - self.known_keys())

@@ -1,0 +1,236 @@
+"""The pipeline behind ``run_recbole_histllm.py``: config, data, model, trainer, result files.
+
+Built by hand (as RecBole-GNN does) because RecBole's ``run_recbole`` only finds models
+inside RecBole and its module imports ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime
+from importlib import metadata
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_histllm.config import Config
+from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer
+
+USAGE = (
+    "usage: python run_recbole_histllm.py --model=NAME --dataset=NAME "
+    '[--config_files="a.yaml b.yaml"] [--output_dir=DIR] [--debug] [--any_recbole_key=value ...]'
+)
+# RecBole builds a GradScaler the deprecated way every epoch; the warning says nothing to users.
+warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
+VERSIONED_PACKAGES = ("recbole", "torch", "transformers", "peft", "numpy", "pandas", "scikit-learn")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """Parse ``--key=value`` (and the bare flag ``--debug``) into a dict of strings."""
+    args: dict[str, str] = {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            raise UsageError(USAGE)
+        if arg == "--debug":
+            args["debug"] = "True"
+            continue
+        if not arg.startswith("--") or "=" not in arg:
+            raise UsageError(f"cannot read argument '{arg}': expected --key=value. {USAGE}")
+        key, value = arg[2:].split("=", 1)
+        if key in args and args[key] != value:
+            raise UsageError(f"--{key} given twice with different values")
+        args[key] = value
+    for required in ("model", "dataset"):
+        if required not in args:
+            raise UsageError(f"--{required} is required. {USAGE}")
+    return args
+
+
+def check_dataset(config: Config) -> None:
+    """Fail early, with the path and the converter to run, when the data folder is missing."""
+    name, folder = config["dataset"], Path(config["data_path"])
+    inter = folder / f"{name}.inter"
+    if inter.is_file() or name == "ml-100k":
+        return
+    if not (PROPERTIES_DIR / "dataset" / f"{name}.yaml").is_file() and not folder.exists():
+        raise UsageError(
+            f"unknown dataset '{name}': no properties/dataset/{name}.yaml and no data folder {folder}"
+        )
+    raise UsageError(
+        f"dataset '{name}': {inter} not found; convert the raw data first, e.g. "
+        f"python -m dataset_converters.{name} --raw DIR --out {folder}"
+    )
+
+
+def ensure_dataset(config: Config) -> Path:
+    """Make sure ``<data_path>/<dataset>.inter`` exists; build ml-100k on first use."""
+    check_dataset(config)
+    folder = Path(config["data_path"])
+    if config["dataset"] == "ml-100k" and not (folder / "ml-100k.inter").is_file():
+        from dataset_converters.ml100k import build_ml100k
+
+        getLogger().info(f"building the ml-100k CTR files into {folder} (first use)")
+        build_ml100k(folder)
+    return folder
+
+
+def default_output_dir(model: str, dataset: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("saved") / f"{model}-{dataset}-{stamp}"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in (*VERSIONED_PACKAGES, "recbole-histllm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_predictions(path: Path, dataset, data_struct) -> int:
+    """Write ``user_id,item_id,label,score`` (raw ids) for every scored row; return the count."""
+    users = dataset.id2token(dataset.uid_field, data_struct["data.user"].numpy())
+    items = dataset.id2token(dataset.iid_field, data_struct["data.item"].numpy())
+    labels = data_struct["data.label"].squeeze(-1).numpy()
+    scores = data_struct["rec.score"].squeeze(-1).numpy()
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "item_id", "label", "score"])
+        for row in zip(users, items, labels, scores):
+            writer.writerow([row[0], row[1], f"{row[2]:g}", repr(float(row[3]))])
+    return len(scores)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return str(value)
+
+
+def run(
+    model: str,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset``, evaluate on valid and test, write the result files.
+
+    Returns the content of ``result.json``; ``output_dir`` receives ``result.json``,
+    ``test_predictions.csv`` and the best checkpoint.
+    """
+    config_dict = dict(config_dict or {})
+    output_dir = Path(output_dir) if output_dir else default_output_dir(model, dataset)
+    try:
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    except (NotImplementedError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise UsageError(f"bad configuration for {model} on {dataset}: {err}") from err
+    unknown = config.unknown_keys()
+    if unknown:
+        raise UsageError(
+            f"unknown config key(s) {', '.join(unknown)} (from the command line or "
+            f"{' '.join(config_file_list or []) or 'no file'}); see properties/ for the keys"
+        )
+    check_dataset(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config["checkpoint_dir"] = str(output_dir)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    times: dict[str, float] = {}
+    start = time.time()
+    ensure_dataset(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    times["data"] = time.time() - start
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = config.model_class(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    best = {"epoch": None}
+    save_checkpoint = trainer._save_checkpoint
+
+    def record_best(epoch, *args, **kwargs):
+        best["epoch"] = epoch
+        return save_checkpoint(epoch, *args, **kwargs)
+
+    trainer._save_checkpoint = record_best
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=True, show_progress=config["show_progress"]
+    )
+    times["train"] = time.time() - start
+    start = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    times["test"] = time.time() - start
+
+    n_rows = write_predictions(
+        output_dir / "test_predictions.csv", test_data._dataset, trainer.eval_collector.last_data_struct
+    )
+    if n_rows != len(test_data._dataset):
+        logger.warning(f"test predictions: {n_rows} rows written, the test split has {len(test_data._dataset)}")
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "best_epoch": best["epoch"],
+        "best_valid_score": best_valid_score,
+        "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
+        "test_result": {k: float(v) for k, v in (test_result or {}).items()},
+        "test_rows": n_rows,
+        "wall_time_s": times,
+        "stages": getattr(trainer, "stage_summaries", None),
+        "checkpoint": trainer.saved_model_file,
+        "versions": package_versions(),
+        "config": config.final_config_dict,
+        "finished": datetime.now().isoformat(timespec="seconds"),
+    }
+    with open(output_dir / "result.json", "w", encoding="utf-8") as handle:
+        json.dump(_jsonable(result), handle, indent=2)
+    logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
+    logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: bad input -> one line on stderr and exit code 2 (``--debug``: traceback)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or "--debug=True" in argv
+    try:
+        args = parse_args(argv)
+        model, dataset = args.pop("model"), args.pop("dataset")
+        files = args.pop("config_files", "").split()
+        output_dir = Path(args.pop("output_dir", "") or default_output_dir(model, dataset))
+        args.pop("debug", None)
+        run(model, dataset, files, args, output_dir)
+    except UsageError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.shutdown()
+    print(f"results written to {output_dir}")
+    return 0

@@ -1,0 +1,1 @@
+"""Trainers of this plugin, looked up by ``<ModelName>Trainer`` before RecBole's."""

@@ -1,0 +1,46 @@
+"""Model and trainer lookup: this plugin first, then RecBole (as RecBole-GNN does)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROPERTIES_DIR = PACKAGE_ROOT.parent / "properties"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2 by the CLI."""
+
+
+def model_module_name(model_name: str) -> str:
+    """Module file for a model name: ``TALLRec-image`` -> ``tallrec_image``."""
+    return model_name.lower().replace("-", "_")
+
+
+def get_model(model_name: str) -> type:
+    """Return the model class named ``model_name`` from this plugin, else from RecBole."""
+    module_path = f"recbole_histllm.model.{model_module_name(model_name)}"
+    if importlib.util.find_spec(module_path) is not None:
+        module = importlib.import_module(module_path)
+        for attr in (model_name, model_name.replace("-", "_")):
+            if hasattr(module, attr):
+                return getattr(module, attr)
+    try:
+        return recbole_get_model(model_name)
+    except (ValueError, AttributeError, ImportError):
+        # (ImportError: RecBole's lookup walks into exlib_recommender, which needs lightgbm.)
+        raise UsageError(f"unknown model '{model_name}': neither recbole_histllm.model nor RecBole has it") from None
+
+
+def get_trainer(model_type, model_name: str) -> type:
+    """Return ``<Model>Trainer`` from this plugin's trainer package, else RecBole's choice."""
+    module = importlib.import_module("recbole_histllm.trainer")
+    name = model_name.replace("-", "_") + "Trainer"
+    if hasattr(module, name):
+        return getattr(module, name)
+    return recbole_get_trainer(model_type, model_name)
