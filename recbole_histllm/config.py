@@ -41,12 +41,18 @@ def read_yaml(path: str | os.PathLike, loader=yaml.FullLoader) -> dict:
     return data
 
 
-def property_files(model: str, dataset: str) -> list[Path]:
-    """The plugin property files that exist for this model and dataset, lowest priority first."""
+def property_files(model: str, dataset: str, model_class: type | None = None) -> list[Path]:
+    """The plugin property files that exist for this model and dataset, lowest priority first.
+
+    Model files follow the class hierarchy, base first: ``LLMRecommender.yaml`` holds what every
+    LLM model shares, ``HistLLM.yaml`` only what is HistLLM's own.
+    """
+    names = [cls.__name__ for cls in reversed(model_class.__mro__)] if model_class is not None else []
+    names = [name for name in names if name != model] + [model]
     candidates = [
         PROPERTIES_DIR / "overall.yaml",
         PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
-        PROPERTIES_DIR / "model" / f"{model}.yaml",
+        *(PROPERTIES_DIR / "model" / f"{name}.yaml" for name in names),
     ]
     return [path for path in candidates if path.is_file()]
 
@@ -70,7 +76,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        self.plugin_property_files = property_files(model, dataset)
+        self.plugin_property_files = property_files(model, dataset, model_class)
         for path in self.plugin_property_files:
             values = read_yaml(path, self.yaml_loader)
             self.internal_config_dict.update(values)

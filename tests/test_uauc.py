@@ -86,3 +86,17 @@ def test_uauc_is_registered_in_recbole():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert register.metric_types["uauc"] == register.metric_types["auc"]
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_recbole_auc_matches_sklearn_with_ties(seed):
+    from recbole.evaluator import register
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 3000)
+    scores = np.round(rng.random(3000) + 0.2 * labels, 2)  # many ties
+    struct = DataStruct()
+    struct.set("rec.score", torch.tensor(scores, dtype=torch.float64))
+    struct.set("data.label", torch.tensor(labels, dtype=torch.float64))
+    result = register.metrics_dict["auc"]({"metric_decimal_place": 6}).calculate_metric(struct)
+    assert result["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)

@@ -1,0 +1,290 @@
+"""The RecBole side of the shared LLM plumbing: one base class for HistLLM and every LLM baseline.
+
+A subclass only chooses its prompts per training stage (:meth:`LLMRecommender.build_templates`)
+and its switches; everything else lives here once: the backbone with LoRA, the item side tables
+(titles, KE descriptions, image embeddings, MF embeddings), turning a RecBole batch into prompt
+samples, filling every embedding slot a template can hold, and P(Yes) scoring (Eq. 13-14).
+
+Slots a template may use, and what fills them:
+
+==========================  ====================================================
+``Image``, ``TargetItemImage``   VMA: mapping of the target item's image (Eq. 3)
+``Item_iImage``                  VMA: mapping of each history item's image
+``UserID``                       CIA: mapping of the MF user embedding (Eq. 11)
+``ItemID``, ``TargetItemID``     CIA: mapping of the MF item embedding (Eq. 12)
+``HistoryInteractions``          UHEM: the compressed history token (Eq. 8)
+==========================  ====================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from recbole.model.abstract_recommender import AbstractRecommender
+from recbole.utils import InputType, ModelType
+from torch import nn
+
+from dataset_converters.core import read_text_table
+from recbole_histllm.llm import (
+    PromptBuilder,
+    PromptSample,
+    PromptTemplate,
+    apply_lora,
+    autocast,
+    enable_gradient_checkpointing,
+    encode_item_texts,
+    load_backbone,
+    score_batch,
+    set_lora_trainable,
+    tiny_llm,
+    yes_no_bce,
+    yes_probability,
+)
+from recbole_histllm.model.modules import UHEM, MappingModule
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SLOTS = ("Image", "TargetItemImage", "Item_iImage")
+USER_SLOTS = ("UserID",)
+ITEM_SLOTS = ("ItemID", "TargetItemID")
+HISTORY_SLOT = "HistoryInteractions"
+
+
+class ItemSide:
+    """Per-item text (titles, KE descriptions) by internal item id, read from ``<name>.text``."""
+
+    def __init__(self, dataset, use_knowledge: bool = True) -> None:
+        field = dataset.iid_field
+        tokens = dataset.field2id_token[field]
+        self.titles = [str(t) for t in tokens]
+        self.descriptions = list(self.titles)
+        path = Path(dataset.config["data_path"]) / f"{dataset.dataset_name}.text"
+        if not path.is_file():
+            logger.warning(f"{path} not found: item ids stand in for titles")
+            self.missing_text = len(tokens) - 1
+            self.missing_description = len(tokens) - 1
+            return
+        table = read_text_table(path)
+        token2id = dataset.field2token_id[field]
+        has_desc = "description" in table.columns
+        seen, with_desc = set(), 0
+        for row in table.itertuples(index=False):
+            idx = token2id.get(row.item_id)
+            if idx is None:
+                continue
+            seen.add(idx)
+            title = row.title.strip() or row.item_id
+            self.titles[idx] = title
+            desc = row.description.strip() if has_desc else ""
+            if desc and use_knowledge:
+                self.descriptions[idx] = desc
+                with_desc += 1
+            else:
+                self.descriptions[idx] = title
+        self.missing_text = len(tokens) - 1 - len(seen)
+        self.missing_description = len(tokens) - 1 - with_desc
+        if self.missing_text:
+            logger.warning(f"{path}: {self.missing_text} items have no row; their ids stand in for titles")
+        if use_knowledge and self.missing_description:
+            logger.warning(
+                f"{path}: {self.missing_description} of {len(tokens) - 1} items have no KE description; "
+                "their titles are used (run python -m recbole_histllm.features.knowledge)"
+            )
+
+
+def last_items(history: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``n`` items (oldest first) of right-padded id sequences: ``(ids (B, n), mask (B, n))``."""
+    lengths = (history > 0).sum(1)
+    start = (lengths - n).clamp(min=0)
+    idx = start[:, None] + torch.arange(n, device=history.device)[None, :]
+    mask = idx < lengths[:, None]
+    ids = history.gather(1, idx.clamp(max=max(history.shape[1] - 1, 0))) * mask
+    return ids, mask
+
+
+class LLMRecommender(AbstractRecommender):
+    """Base of every LLM recommender: a prompt per stage over one shared backbone.
+
+    Stage 1 trains LoRA (Eq. 15-16); stage 2 freezes it and trains the mapping modules and UHEM
+    (Eq. 17). Models with one stage simply define one template.
+    """
+
+    type = ModelType.CONTEXT
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset) -> None:
+        super().__init__()
+        self.config = config
+        self.device = config["device"]
+        self.USER_ID, self.ITEM_ID = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
+        self.LABEL = config["LABEL_FIELD"]
+        self.HISTORY = config["HISTORY_FIELD"] or "history"
+        self.history_len = int(config["history_len"])
+        self.n_users, self.n_items = dataset.num(self.USER_ID), dataset.num(self.ITEM_ID)
+        self.bf16 = bool(config["bf16"])
+
+        self.llm, self.tokenizer = self._load_llm(config)
+        self.hidden = self.llm.get_input_embeddings().embedding_dim
+        self.items = ItemSide(dataset, use_knowledge=bool(config["use_knowledge"]))
+        self.register_buffer("image_table", self._image_table(dataset), persistent=False)
+        self.use_visual = bool(config["use_visual"]) and self.image_table is not None
+        if config["use_visual"] and self.image_table is None:
+            logger.warning(f"{dataset.dataset_name} has no image features: visual slots (VMA) are switched off")
+        self.use_collaborative = bool(config["use_collaborative"])
+
+        self.templates = self.build_templates()
+        self.builders = {
+            stage: PromptBuilder(
+                self.tokenizer,
+                template,
+                max_prompt_tokens=config["max_prompt_tokens"],
+                use_chat_template=bool(config["use_chat_template"]),
+            )
+            for stage, template in self.templates.items()
+        }
+        slots = {name for t in self.templates.values() for name in t.slots}
+        self.vma = self.cia = self.uhem = None
+        if slots & set(IMAGE_SLOTS) or (HISTORY_SLOT in slots and self.use_visual):
+            self.vma = MappingModule(self.image_table.shape[1], self.hidden, config["mapping_hidden"],
+                                     config["mapping_layers"])
+        if slots & set(USER_SLOTS + ITEM_SLOTS):
+            dim = int(config["mf_embedding_size"])
+            self.mf_user = nn.Embedding(self.n_users, dim).requires_grad_(False)
+            self.mf_item = nn.Embedding(self.n_items, dim).requires_grad_(False)
+            self.cia = MappingModule(dim, self.hidden, config["mapping_hidden"], config["mapping_layers"])
+        if HISTORY_SLOT in slots:
+            self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"])
+            ids, mask = encode_item_texts(self.tokenizer, self.items.descriptions, int(config["desc_max_tokens"]))
+            self.register_buffer("desc_ids", ids, persistent=False)
+            self.register_buffer("desc_mask", mask.bool(), persistent=False)
+        self.stage = max(self.templates)
+        self.set_stage(self.stage)
+
+    # ---- construction hooks ---------------------------------------------------------------
+    def build_templates(self) -> dict[int, PromptTemplate]:
+        """Prompt per training stage (1: LoRA, 2: mapping modules / UHEM). Subclasses override."""
+        raise NotImplementedError
+
+    def _load_llm(self, config):
+        if config["llm_path"] == "tiny-random":  # tests: a tiny random Llama over the real tokenizer
+            from recbole_histllm.llm import load_tokenizer
+
+            tokenizer = load_tokenizer(None, config["llm_cache_dir"])
+            model = tiny_llm(tokenizer, seed=int(config["seed"]))
+        else:
+            model, tokenizer = load_backbone(config["llm_path"], config["llm_cache_dir"], dtype=config["llm_dtype"])
+        model = apply_lora(model, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
+                           config["lora_target_modules"])
+        if config["gradient_checkpointing"]:
+            enable_gradient_checkpointing(model)
+        return model, tokenizer
+
+    @staticmethod
+    def _image_table(dataset) -> torch.Tensor | None:
+        if "image" not in dataset.field2type:
+            return None
+        feature = dataset.get_item_feature()
+        table = feature["image"].float()
+        if table.dim() != 2 or float(table.abs().sum()) == 0.0:
+            return None
+        return table
+
+    # ---- stages -----------------------------------------------------------------------------
+    def stage_modules(self) -> list[nn.Module]:
+        """Modules trained in stage 2 (Eq. 17: phi, omega, beta)."""
+        return [m for m in (self.vma, self.cia, self.uhem) if m is not None]
+
+    def set_stage(self, stage: int) -> None:
+        """Switch prompt and trainable parameters: stage 1 LoRA only, stage 2 modules only."""
+        if stage not in self.templates:
+            raise ValueError(f"{type(self).__name__} has no stage {stage} (stages: {sorted(self.templates)})")
+        self.stage = stage
+        set_lora_trainable(self.llm, stage == 1)
+        for module in self.stage_modules():
+            module.requires_grad_(stage == 2)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen backbone: LoRA, mapping modules, UHEM, MF tables."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("llm.") or "lora_" in k}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.checkpoint_state()) - set(state)
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+        self.load_state_dict(state, strict=False)
+
+    def set_collaborative_embeddings(self, user: torch.Tensor, item: torch.Tensor) -> None:
+        """Load MF embeddings (Eq. 9-10); rows follow this dataset's internal ids."""
+        if self.cia is None:
+            return
+        self.mf_user.weight.data.copy_(user.to(self.mf_user.weight))
+        self.mf_item.weight.data.copy_(item.to(self.mf_item.weight))
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def history(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last ``history_len`` liked items of each row (ids, mask), oldest first."""
+        return last_items(interaction[self.HISTORY], self.history_len)
+
+    def samples(self, interaction, hist_ids: torch.Tensor, hist_mask: torch.Tensor) -> list[PromptSample]:
+        """Text fields of every row: target title/description and per history item title/description."""
+        titles, descs = self.items.titles, self.items.descriptions
+        items = interaction[self.ITEM_ID].tolist()
+        rows = []
+        for item, ids, mask in zip(items, hist_ids.tolist(), hist_mask.tolist()):
+            history = [{"Title": titles[i], "Desc": descs[i]} for i, m in zip(ids, mask) if m]
+            fields = {"TargetItemTitle": titles[item], "TargetItemDesc": descs[item], "ItemDescription": descs[item]}
+            rows.append(PromptSample(fields=fields, history=history))
+        return rows
+
+    def slot_vectors(self, names, interaction, hist_ids, hist_mask) -> dict[str, torch.Tensor]:
+        """Embeddings for every slot ``names`` of the current prompt."""
+        vectors = {}
+        item = interaction[self.ITEM_ID]
+        for name in names:
+            if name in ("Image", "TargetItemImage"):
+                vectors[name] = self.vma(self.image_table[item])
+            elif name == "Item_iImage":
+                vectors[name] = self.vma(self.image_table[hist_ids])
+            elif name in USER_SLOTS:
+                vectors[name] = self.cia(self.mf_user(interaction[self.USER_ID]))
+            elif name in ITEM_SLOTS:
+                vectors[name] = self.cia(self.mf_item(item))
+            elif name == HISTORY_SLOT:
+                vectors[name] = self.encode_history(hist_ids, hist_mask)
+            else:
+                raise KeyError(f"{type(self).__name__} cannot fill prompt slot <{name}>")
+        return vectors
+
+    def encode_history(self, hist_ids: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """UHEM (Eq. 4-8): description token embeddings + projected image token per item -> one token."""
+        embed = self.llm.get_input_embeddings()
+        desc = embed(self.desc_ids[hist_ids]).detach()  # the LLM's own (frozen) embedding table, Eq. 5
+        images = self.vma(self.image_table[hist_ids]) if self.use_visual else None
+        return self.uhem(desc, self.desc_mask[hist_ids], images, hist_mask)
+
+    # ---- RecBole interface ------------------------------------------------------------------
+    def forward(self, interaction) -> torch.Tensor:
+        """Yes/No logits ``(B, 2)`` at the answer position (Eq. 13)."""
+        hist_ids, hist_mask = self.history(interaction)
+        builder = self.builders[self.stage]
+        batch = builder(self.samples(interaction, hist_ids, hist_mask)).to(self.device)
+        names = [name for name, index in batch.slots.items() if len(index)]
+        with autocast(self.device, enabled=self.bf16):
+            vectors = self.slot_vectors(names, interaction, hist_ids, hist_mask)
+            return score_batch(self.llm, batch, builder.answer_tokens, vectors)
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        """BCE between the label and P(Yes) (Eq. 14)."""
+        return yes_no_bce(self.forward(interaction), interaction[self.LABEL])
+
+    def predict(self, interaction) -> torch.Tensor:
+        return yes_probability(self.forward(interaction))
+
+    def prompt_lengths(self, interaction) -> np.ndarray:
+        """LLM input tokens per row in the current stage (for the efficiency benchmark)."""
+        hist_ids, hist_mask = self.history(interaction)
+        batch = self.builders[self.stage](self.samples(interaction, hist_ids, hist_mask))
+        return batch.lengths.numpy()

@@ -1,0 +1,236 @@
+"""The staged trainer of every LLM recommender (HistLLM Sec. 3.3; CoLLM's two steps; TALLRec).
+
+* stage 0: MF on the same train split (BCE, as CoLLM), unless ``mf_checkpoint`` is given; its
+  embeddings feed the CIA slots. Skipped for models without collaborative slots.
+* stage 1: LoRA on the stage-1 prompt (Eq. 15-16).
+* stage 2: LoRA frozen; mapping modules and UHEM trained on the full prompt (Eq. 17).
+
+Each stage has its own ``stage{k}_epochs``, ``stage{k}_learning_rate``, ``stage{k}_batch_size`` and
+``stage{k}_train_rows`` (rows drawn afresh each epoch; ~ = all), early-stops on AUC over a fixed
+``valid_rows`` subsample of the valid split, saves ONLY trainable weights (never the backbone)
+to ``<checkpoint_dir>/<model>-stage{k}.pth`` after every epoch, and resumes from there after a
+kill when rerun with the same ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from logging import getLogger
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from recbole_histllm.evaluator import user_auc
+
+
+def _cfg(config, key, default=None):
+    value = config[key] if key in config else None
+    return default if value is None else value
+
+
+class LLMTrainer(Trainer):
+    """Trainer for :class:`~recbole_histllm.model.llm_recommender.LLMRecommender` models."""
+
+    def __init__(self, config, model) -> None:
+        super().__init__(config, model)
+        self.logger = getLogger()
+        self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-best.pth")
+        self.stage_summaries: dict[str, dict] = {}
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _stage_file(self, stage: int) -> str:
+        return os.path.join(self.checkpoint_dir, f"{self.config['model']}-stage{stage}.pth")
+
+    def _generator(self, *salt: int) -> torch.Generator:
+        gen = torch.Generator()
+        gen.manual_seed(int(self.config["seed"]) * 1_000_003 + sum(s * 7919**i for i, s in enumerate(salt, 1)))
+        return gen
+
+    def _valid_rows(self, dataset) -> np.ndarray:
+        budget = _cfg(self.config, "valid_rows")
+        n = len(dataset)
+        if budget is None or budget >= n:
+            return np.arange(n)
+        return np.sort(torch.randperm(n, generator=self._generator(99))[: int(budget)].numpy())
+
+    @torch.no_grad()
+    def score_rows(self, dataset, rows: np.ndarray, desc: str = "score") -> dict[str, np.ndarray]:
+        """Scores, labels and users of ``dataset[rows]`` in eval mode (the model's current stage)."""
+        self.model.eval()
+        size = int(self.config["eval_batch_size"])
+        scores, labels, users = [], [], []
+        batches = range(0, len(rows), size)
+        for start in tqdm(batches, desc=desc, ncols=100, disable=not self.config["show_progress"]):
+            inter = dataset[torch.as_tensor(rows[start : start + size])].to(self.device)
+            scores.append(self.model.predict(inter).float().cpu().numpy())
+            labels.append(inter[self.config["LABEL_FIELD"]].cpu().numpy())
+            users.append(inter[self.config["USER_ID_FIELD"]].cpu().numpy())
+        return {"score": np.concatenate(scores), "label": np.concatenate(labels), "user": np.concatenate(users)}
+
+    def valid_metrics(self, dataset, rows: np.ndarray, desc: str = "valid") -> dict[str, float]:
+        out = self.score_rows(dataset, rows, desc)
+        labels = out["label"] > 0.5
+        auc = float(roc_auc_score(labels, out["score"])) if 0 < labels.sum() < len(labels) else float("nan")
+        uauc = user_auc(out["user"], out["score"], labels)[0]
+        return {"auc": round(auc, 4), "uauc": round(uauc, 4)}
+
+    # ---- stage 0 ----------------------------------------------------------------------------
+    def _stage0_mf(self, train_data, valid_data, show_progress: bool) -> None:
+        from recbole_histllm.model.mf import MF, load_mf_embeddings
+
+        start = time.time()
+        checkpoint = _cfg(self.config, "mf_checkpoint")
+        if checkpoint:
+            source = "given"
+        else:
+            checkpoint = os.path.join(self.checkpoint_dir, "MF-stage0.pth")
+            source = "resumed" if os.path.isfile(checkpoint) else "trained"
+            if source == "trained":
+                config = copy.copy(self.config)
+                config.final_config_dict = dict(self.config.final_config_dict)
+                config.final_config_dict.update(
+                    model="MF",
+                    embedding_size=self.config["mf_embedding_size"],
+                    learning_rate=self.config["mf_learning_rate"],
+                    epochs=self.config["mf_epochs"],
+                    reg_weight=self.config["mf_reg_weight"],
+                    init_std=0.01,
+                    stopping_step=self.config["mf_stopping_step"],
+                    weight_decay=0.0,
+                )
+                mf = MF(config, train_data._dataset).to(self.device)
+                trainer = Trainer(config, mf)
+                partial = checkpoint + ".partial"
+                trainer.saved_model_file = partial
+                self.logger.info(set_color("stage 0", "green") + ": MF on the train split (collaborative embeddings)")
+                trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+                os.replace(partial, checkpoint)  # only a finished MF counts on resume
+        user, item = load_mf_embeddings(checkpoint, train_data._dataset)
+        self.model.set_collaborative_embeddings(user, item)
+        self.stage_summaries["stage0"] = {"mf_checkpoint": str(checkpoint), "source": source,
+                                          "time_s": round(time.time() - start, 2)}
+
+    # ---- stages 1 and 2 ---------------------------------------------------------------------
+    def _run_stage(self, stage: int, train_ds, valid_ds, valid_rows: np.ndarray, show_progress: bool) -> dict:
+        key, model, cfg = f"stage{stage}", self.model, self.config
+        model.set_stage(stage)
+        path = self._stage_file(stage)
+        saved = torch.load(path, map_location="cpu", weights_only=False) if os.path.isfile(path) else None
+        if saved is not None and saved["done"]:
+            model.load_checkpoint_state(saved["best_state"])
+            self.logger.info(f"{key}: finished earlier, loaded its best weights from {path}")
+            return saved["summary"]
+
+        epochs = int(_cfg(cfg, f"{key}_epochs", 1))
+        batch_size = int(_cfg(cfg, f"{key}_batch_size", 8))
+        budget = _cfg(cfg, f"{key}_train_rows")
+        rows_per_epoch = len(train_ds) if budget is None else min(int(budget), len(train_ds))
+        accumulate = int(_cfg(cfg, "gradient_accumulation_steps", 1))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=float(_cfg(cfg, f"{key}_learning_rate", 1e-4)),
+                                      weight_decay=float(_cfg(cfg, "weight_decay", 0.0)))
+        patience = int(_cfg(cfg, "stopping_step", 2))
+        first_epoch, best, history, elapsed, seen = 0, {"score": -math.inf, "epoch": None, "state": None}, [], 0.0, 0
+        if saved is not None:
+            model.load_checkpoint_state(saved["state"])
+            optimizer.load_state_dict(saved["optimizer"])
+            first_epoch, history, elapsed, seen = saved["epoch"] + 1, saved["history"], saved["time_s"], saved["rows"]
+            best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "state": saved["best_state"]}
+            self.logger.info(f"{key}: resuming after epoch {saved['epoch']} from {path}")
+        self.logger.info(
+            set_color(key, "green") + f": {sum(p.numel() for p in params):,} trainable parameters, "
+            f"{rows_per_epoch} rows/epoch, batch {batch_size}, up to {epochs} epochs"
+        )
+        stale = 0 if best["epoch"] is None else len(history) - 1 - best["epoch"]
+        for epoch in range(first_epoch, epochs):
+            if stale >= patience:
+                break
+            start = time.time()
+            model.train()
+            order = torch.randperm(len(train_ds), generator=self._generator(stage, epoch))[:rows_per_epoch]
+            batches = list(order.split(batch_size))
+            bar = tqdm(batches, desc=f"{key} epoch {epoch}", ncols=100, disable=not show_progress)
+            total, optimizer_steps = 0.0, 0
+            optimizer.zero_grad()
+            for step, idx in enumerate(bar, 1):
+                inter = train_ds[idx].to(self.device)
+                loss = model.calculate_loss(inter)
+                (loss / accumulate).backward()
+                if step % accumulate == 0 or step == len(batches):
+                    if self.clip_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    optimizer_steps += 1
+                total += loss.detach().item()
+                bar.set_postfix(loss=f"{total / step:.4f}")
+            train_time = time.time() - start
+            result = self.valid_metrics(valid_ds, valid_rows, desc=f"{key} valid")
+            elapsed += time.time() - start
+            seen += len(order)
+            history.append({"epoch": epoch, "loss": total / max(len(batches), 1), "train_s": round(train_time, 2),
+                            "rows_per_s": round(len(order) / max(train_time, 1e-9), 2), **result})
+            self.logger.info(f"{key} epoch {epoch}: loss {history[-1]['loss']:.4f}, valid {result}, "
+                             f"{history[-1]['rows_per_s']} rows/s")
+            score = result["auc"] if not math.isnan(result["auc"]) else -math.inf
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "state": model.checkpoint_state()}
+                stale = 0
+            else:
+                stale += 1
+            torch.save({"done": False, "epoch": epoch, "state": model.checkpoint_state(),
+                        "optimizer": optimizer.state_dict(), "best_score": best["score"], "best_epoch": best["epoch"],
+                        "best_state": best["state"], "history": history, "time_s": elapsed, "rows": seen}, path)
+        if best["state"] is not None:
+            model.load_checkpoint_state(best["state"])
+        summary = {
+            "time_s": round(elapsed, 2),
+            "rows_trained": seen,
+            "samples_per_s": round(sum(h["rows_per_s"] for h in history) / max(len(history), 1), 2),
+            "best_epoch": best["epoch"],
+            "best_valid_auc": best["score"] if best["epoch"] is not None else None,
+            "best_valid": next((h for h in history if h["epoch"] == best["epoch"]), None),
+            "valid_rows": len(valid_rows),
+            "epochs": history,
+        }
+        torch.save({"done": True, "best_state": model.checkpoint_state(), "summary": summary}, path)
+        return summary
+
+    # ---- RecBole interface ------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Run stage 0 (if the model has collaborative slots), then every prompt stage in order."""
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if getattr(self.model, "cia", None) is not None:
+            self._stage0_mf(train_data, valid_data, show_progress)
+        train_ds, valid_ds = train_data._dataset, valid_data._dataset
+        valid_rows = self._valid_rows(valid_ds)
+        for stage in sorted(self.model.templates):
+            self.stage_summaries[f"stage{stage}"] = self._run_stage(stage, train_ds, valid_ds, valid_rows,
+                                                                    show_progress)
+        last = self.stage_summaries[f"stage{max(self.model.templates)}"]
+        self.best_valid_result = dict(last["best_valid"] or {})
+        self.best_valid_result.pop("epoch", None)
+        self.best_valid_result = {k: self.best_valid_result[k] for k in ("auc", "uauc") if k in self.best_valid_result}
+        self.best_valid_score = self.best_valid_result.get("auc", -math.inf)
+        if saved:
+            torch.save({"state_dict": self.model.checkpoint_state(), "config": dict(self.config.final_config_dict),
+                        "stages": self.stage_summaries}, self.saved_model_file)
+        return self.best_valid_score, self.best_valid_result
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):  # RecBole's hook; stages save their own
+        pass
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's evaluation, after loading the saved trainable weights (not a full state dict)."""
+        if load_best_model:
+            checkpoint = torch.load(model_file or self.saved_model_file, map_location="cpu", weights_only=False)
+            self.model.load_checkpoint_state(checkpoint["state_dict"])
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
