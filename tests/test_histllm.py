@@ -12,7 +12,7 @@ from recbole_histllm.model.histllm import HistLLM
 from recbole_histllm.trainer import HistLLMTrainer
 
 FAST = {
-    "llm_path": "tiny-random",
+    "llm_path": "random:tiny",
     "bf16": False,
     "history_len": 5,
     "show_progress": False,

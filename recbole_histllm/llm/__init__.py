@@ -11,6 +11,7 @@
 from .backbone import (
     CACHE_ENV,
     DEFAULT_MODEL_NAME,
+    RANDOM_SHAPES,
     BackboneNotFoundError,
     default_cache_root,
     dequantize_default,
@@ -18,6 +19,7 @@ from .backbone import (
     load_backbone,
     load_tokenizer,
     prepare_tokenizer,
+    random_backbone,
     resolve_llm_path,
     tiny_llm,
 )
@@ -111,6 +113,8 @@ __all__ = [
     "score_batch",
     "set_lora_trainable",
     "tiny_llm",
+    "random_backbone",
+    "RANDOM_SHAPES",
     "trainable_state_dict",
     "unfreeze_lora",
     "yes_no_bce",

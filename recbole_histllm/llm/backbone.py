@@ -243,3 +243,53 @@ def tiny_llm(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model.eval()
+
+
+#: Shapes of real backbones (their published configs) for speed/memory runs with random weights:
+#: weights do not change speed, and none can be downloaded here.
+RANDOM_SHAPES: dict[str, dict] = {
+    "tiny": {"arch": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True},
+    "smollm2-135m": {"arch": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True},
+    "qwen2-1.5b": {"arch": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                   "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True,
+                   "vocab_size": 151936},
+    "qwen2.5-7b": {"arch": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False,
+                   "vocab_size": 152064},
+    "vicuna-7b": {"arch": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 32, "tie_word_embeddings": False,
+                  "vocab_size": 32000},
+}
+
+
+def random_backbone(
+    shape: str,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: DTypeLike = torch.float32,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A randomly initialised causal LM with a real backbone's shape (``RANDOM_SHAPES``).
+
+    The vocabulary is the shape's own when it covers ``tokenizer`` (token ids then stay valid),
+    else the tokenizer's. ``shape="tiny"`` is :func:`tiny_llm`'s size, for tests.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if shape not in RANDOM_SHAPES:
+        raise BackboneNotFoundError(
+            f"config key `llm_path`: unknown random shape 'random:{shape}' (known: {', '.join(RANDOM_SHAPES)})"
+        )
+    spec = dict(RANDOM_SHAPES[shape])
+    arch = spec.pop("arch")
+    spec["vocab_size"] = max(spec.get("vocab_size", 0), len(tokenizer))
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(**spec, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device or "cpu"):
+            model = model_cls(config).to(_to_dtype(dtype))
+    return model.eval()

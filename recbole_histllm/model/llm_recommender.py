@@ -37,9 +37,10 @@ from recbole_histllm.llm import (
     enable_gradient_checkpointing,
     encode_item_texts,
     load_backbone,
+    load_tokenizer,
+    random_backbone,
     score_batch,
     set_lora_trainable,
-    tiny_llm,
     yes_no_bce,
     yes_probability,
 )
@@ -169,11 +170,11 @@ class LLMRecommender(AbstractRecommender):
         raise NotImplementedError
 
     def _load_llm(self, config):
-        if config["llm_path"] == "tiny-random":  # tests: a tiny random Llama over the real tokenizer
-            from recbole_histllm.llm import load_tokenizer
-
+        path = str(config["llm_path"] or "")
+        if path.startswith("random:"):  # a real backbone's shape, random weights (tests, speed runs)
             tokenizer = load_tokenizer(None, config["llm_cache_dir"])
-            model = tiny_llm(tokenizer, seed=int(config["seed"]))
+            model = random_backbone(path.split(":", 1)[1], tokenizer, config["llm_dtype"], config["device"],
+                                    seed=int(config["seed"]))
         else:
             model, tokenizer = load_backbone(config["llm_path"], config["llm_cache_dir"], dtype=config["llm_dtype"])
         model = apply_lora(model, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
