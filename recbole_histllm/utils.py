@@ -23,9 +23,16 @@ def model_module_name(model_name: str) -> str:
 
 
 def get_model(model_name: str) -> type:
-    """Return the model class named ``model_name`` from this plugin, else from RecBole."""
-    module_path = f"recbole_histllm.model.{model_module_name(model_name)}"
-    if importlib.util.find_spec(module_path) is not None:
+    """Return the model class named ``model_name`` from this plugin, else from RecBole.
+
+    Looked up in ``recbole_histllm.model.<name>`` and then in the family's module (the part before
+    the first ``-``: ``TALLRec-image`` lives beside ``TALLRec`` in ``tallrec.py``).
+    """
+    modules = dict.fromkeys((model_module_name(model_name), model_module_name(model_name.split("-")[0])))
+    for module_name in modules:
+        module_path = f"recbole_histllm.model.{module_name}"
+        if importlib.util.find_spec(module_path) is None:
+            continue
         module = importlib.import_module(module_path)
         for attr in (model_name, model_name.replace("-", "_")):
             if hasattr(module, attr):

@@ -1,9 +1,11 @@
 """The RecBole side of the shared LLM plumbing: one base class for HistLLM and every LLM baseline.
 
-A subclass only chooses its prompts per training stage (:meth:`LLMRecommender.build_templates`)
-and its switches; everything else lives here once: the backbone with LoRA, the item side tables
-(titles, KE descriptions, image embeddings, MF embeddings), turning a RecBole batch into prompt
-samples, filling every embedding slot a template can hold, and P(Yes) scoring (Eq. 13-14).
+A subclass only chooses its prompts per training stage (:meth:`LLMRecommender.build_templates`),
+what trains in each stage (``stage_trainable``), its collaborative model (stage 0,
+:meth:`LLMRecommender.collaborative_model`) and its switches; everything else lives here once:
+the backbone with LoRA, the item side tables (titles, KE descriptions, image embeddings, MF
+embeddings), turning a RecBole batch into prompt samples, filling every embedding slot a template
+can hold, and P(Yes) scoring (Eq. 13-14).
 
 Slots a template may use, and what fills them:
 
@@ -19,7 +21,10 @@ Slots a template may use, and what fills them:
 from __future__ import annotations
 
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ from recbole_histllm.llm import (
     autocast,
     enable_gradient_checkpointing,
     encode_item_texts,
+    for_domain,
     load_backbone,
     load_tokenizer,
     random_backbone,
@@ -52,6 +58,30 @@ IMAGE_SLOTS = ("Image", "TargetItemImage", "Item_iImage")
 USER_SLOTS = ("UserID",)
 ITEM_SLOTS = ("ItemID", "TargetItemID")
 HISTORY_SLOT = "HistoryInteractions"
+LORA = "lora"
+
+
+@dataclass(frozen=True)
+class CollaborativeModel:
+    """What the trainer's stage 0 fits for a model: the RecBole model ``name`` (looked up like any
+    ``--model``) trained on the train split, unless config key ``checkpoint_key`` names a finished one."""
+
+    name: str
+    checkpoint_key: str
+
+
+def model_name(name: str):
+    """Class decorator: the user-facing model name (``TALLRec-image``) as the class ``__name__``,
+    which RecBole's Config copies into ``config["model"]`` (result files, checkpoint names, YAML).
+    The class is also bound to that name in its module, so pickle (RecBole's stage-0 checkpoint
+    stores the config with the model class) finds it."""
+
+    def rename(cls: type) -> type:
+        cls.__name__ = cls.__qualname__ = name
+        setattr(sys.modules[cls.__module__], name, cls)
+        return cls
+
+    return rename
 
 
 class ItemSide:
@@ -109,12 +139,17 @@ def last_items(history: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tenso
 class LLMRecommender(AbstractRecommender):
     """Base of every LLM recommender: a prompt per stage over one shared backbone.
 
-    Stage 1 trains LoRA (Eq. 15-16); stage 2 freezes it and trains the mapping modules and UHEM
-    (Eq. 17). Models with one stage simply define one template.
+    By default (HistLLM, CoLLM) stage 1 trains LoRA (Eq. 15-16) and stage 2 freezes it and trains
+    the mapping modules and UHEM (Eq. 17). A subclass declares its own split in ``stage_trainable``
+    (stage -> parameter groups: ``"lora"`` or a name of :meth:`trainable_modules`); stages with a
+    template but nothing to train are not run (zero-shot). ``visual_variant`` fixes ``use_visual``
+    for model families whose image variant is a separate model name (``TALLRec``/``TALLRec-image``).
     """
 
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
+    stage_trainable: ClassVar[dict[int, tuple[str, ...]]] = {1: (LORA,), 2: ("vma", "cia", "uhem")}
+    visual_variant: ClassVar[bool | None] = None
 
     def __init__(self, config, dataset) -> None:
         super().__init__()
@@ -131,9 +166,11 @@ class LLMRecommender(AbstractRecommender):
         self.hidden = self.llm.get_input_embeddings().embedding_dim
         self.items = ItemSide(dataset, use_knowledge=bool(config["use_knowledge"]))
         self.register_buffer("image_table", self._image_table(dataset), persistent=False)
-        self.use_visual = bool(config["use_visual"]) and self.image_table is not None
-        if config["use_visual"] and self.image_table is None:
-            logger.warning(f"{dataset.dataset_name} has no image features: visual slots (VMA) are switched off")
+        want_visual = self._visual_switch(config)
+        self.use_visual = want_visual and self.image_table is not None
+        if want_visual and self.image_table is None:
+            logger.warning(f"{dataset.dataset_name} has no image features: visual slots (VMA) are switched off"
+                           f" ({type(self).__name__} runs without image tokens)")
         self.use_collaborative = bool(config["use_collaborative"])
 
         self.templates = self.build_templates()
@@ -161,6 +198,10 @@ class LLMRecommender(AbstractRecommender):
             ids, mask = encode_item_texts(self.tokenizer, self.items.descriptions, int(config["desc_max_tokens"]))
             self.register_buffer("desc_ids", ids, persistent=False)
             self.register_buffer("desc_mask", mask.bool(), persistent=False)
+        groups = {g for stage in self.templates for g in self.stage_trainable.get(stage, ())}
+        unknown = groups - {LORA} - set(self.trainable_modules())
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.stage_trainable names unknown groups {sorted(unknown)}")
         self.stage = max(self.templates)
         self.set_stage(self.stage)
 
@@ -168,6 +209,27 @@ class LLMRecommender(AbstractRecommender):
     def build_templates(self) -> dict[int, PromptTemplate]:
         """Prompt per training stage (1: LoRA, 2: mapping modules / UHEM). Subclasses override."""
         raise NotImplementedError
+
+    def prompt(self, template: PromptTemplate) -> PromptTemplate:
+        """``template`` in the dataset's wording (``prompt_domain``: movie or news)."""
+        return for_domain(template, self.config["prompt_domain"] or "movie")
+
+    @classmethod
+    def uses_lora(cls) -> bool:
+        """Whether any stage trains LoRA (models that never do, e.g. zero-shot, get no adapters)."""
+        return any(LORA in groups for groups in cls.stage_trainable.values())
+
+    def _visual_switch(self, config) -> bool:
+        """``use_visual``, unless the class fixes it (``visual_variant``): then a contradicting user
+        value is reported and ignored, so a result labelled ``TALLRec`` never holds image tokens."""
+        if self.visual_variant is None:
+            return bool(config["use_visual"])
+        given = getattr(config, "external_config_dict", {}).get("use_visual")
+        if given is not None and bool(given) != self.visual_variant:
+            name = type(self).__name__
+            other = f"{name}-image" if self.visual_variant is False else name.removesuffix("-image")
+            logger.warning(f"{name} ignores use_visual={given}: run --model={other} for the other variant")
+        return self.visual_variant
 
     def _load_llm(self, config):
         path = str(config["llm_path"] or "")
@@ -177,8 +239,11 @@ class LLMRecommender(AbstractRecommender):
                                     seed=int(config["seed"]))
         else:
             model, tokenizer = load_backbone(config["llm_path"], config["llm_cache_dir"], dtype=config["llm_dtype"])
-        model = apply_lora(model, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
-                           config["lora_target_modules"])
+        if self.uses_lora():
+            model = apply_lora(model, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
+                               config["lora_target_modules"])
+        else:  # no adapters: the backbone stays frozen (peft freezes it otherwise)
+            model.requires_grad_(False)
         if config["gradient_checkpointing"]:
             enable_gradient_checkpointing(model)
         return model, tokenizer
@@ -194,18 +259,24 @@ class LLMRecommender(AbstractRecommender):
         return table
 
     # ---- stages -----------------------------------------------------------------------------
-    def stage_modules(self) -> list[nn.Module]:
-        """Modules trained in stage 2 (Eq. 17: phi, omega, beta)."""
-        return [m for m in (self.vma, self.cia, self.uhem) if m is not None]
+    def trainable_modules(self) -> dict[str, nn.Module | None]:
+        """Modules ``stage_trainable`` may name (VMA phi, CIA omega, UHEM beta; None where absent)."""
+        return {"vma": self.vma, "cia": self.cia, "uhem": self.uhem}
+
+    def training_stages(self) -> list[int]:
+        """Stages the trainer runs, in order: those with a template and something to train."""
+        return [s for s in sorted(self.templates) if self.stage_trainable.get(s)]
 
     def set_stage(self, stage: int) -> None:
-        """Switch prompt and trainable parameters: stage 1 LoRA only, stage 2 modules only."""
+        """Switch prompt and trainable parameters to ``stage`` (``stage_trainable[stage]``)."""
         if stage not in self.templates:
             raise ValueError(f"{type(self).__name__} has no stage {stage} (stages: {sorted(self.templates)})")
         self.stage = stage
-        set_lora_trainable(self.llm, stage == 1)
-        for module in self.stage_modules():
-            module.requires_grad_(stage == 2)
+        groups = self.stage_trainable.get(stage, ())
+        set_lora_trainable(self.llm, LORA in groups)
+        for name, module in self.trainable_modules().items():
+            if module is not None:
+                module.requires_grad_(name in groups)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen backbone: LoRA, mapping modules, UHEM, MF tables."""
@@ -216,6 +287,17 @@ class LLMRecommender(AbstractRecommender):
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
         self.load_state_dict(state, strict=False)
+
+    def collaborative_model(self) -> CollaborativeModel | None:
+        """The model stage 0 trains for this one: MF (CoLLM, HistLLM's CIA) when a prompt has
+        collaborative slots, else None (no stage 0). BinLLM declares its hashing model."""
+        return CollaborativeModel("MF", "mf_checkpoint") if self.cia is not None else None
+
+    def load_collaborative(self, checkpoint: str | Path, dataset) -> None:
+        """Take what this model needs from a finished stage-0 checkpoint (MF: the embeddings)."""
+        from recbole_histllm.model.mf import load_mf_embeddings
+
+        self.set_collaborative_embeddings(*load_mf_embeddings(checkpoint, dataset))
 
     def set_collaborative_embeddings(self, user: torch.Tensor, item: torch.Tensor) -> None:
         """Load MF embeddings (Eq. 9-10); rows follow this dataset's internal ids."""

@@ -2,9 +2,21 @@
 
 from recbole_histllm.trainer.llm_trainer import LLMTrainer
 
-HistLLMTrainer = LLMTrainer
+# Every LLM model trains with LLMTrainer (``-`` in a model name reads ``_`` here).
+HistLLMTrainer = TALLRecTrainer = TALLRec_imageTrainer = LLMTrainer
+CoLLMTrainer = CoLLM_imageTrainer = BinLLMTrainer = BinLLM_imageTrainer = ZeroShotTrainer = LLMTrainer
 
-__all__ = ["HistLLMTrainer", "LLMTrainer"]
+__all__ = [
+    "BinLLMTrainer",
+    "BinLLM_imageTrainer",
+    "CoLLMTrainer",
+    "CoLLM_imageTrainer",
+    "HistLLMTrainer",
+    "LLMTrainer",
+    "TALLRecTrainer",
+    "TALLRec_imageTrainer",
+    "ZeroShotTrainer",
+]
 from recbole_histllm.trainer.multimodal import (  # noqa: E402  (multimodal baselines, issue #4)
     BM3Trainer,
     LGMRecTrainer,

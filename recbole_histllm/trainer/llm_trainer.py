@@ -1,9 +1,14 @@
 """The staged trainer of every LLM recommender (HistLLM Sec. 3.3; CoLLM's two steps; TALLRec).
 
-* stage 0: MF on the same train split (BCE, as CoLLM), unless ``mf_checkpoint`` is given; its
-  embeddings feed the CIA slots. Skipped for models without collaborative slots.
-* stage 1: LoRA on the stage-1 prompt (Eq. 15-16).
-* stage 2: LoRA frozen; mapping modules and UHEM trained on the full prompt (Eq. 17).
+* stage 0: the model's collaborative model (:meth:`LLMRecommender.collaborative_model`: MF for
+  CoLLM and HistLLM's CIA, BinLLM's hashing model) trained on the same train split with BCE, as a
+  RecBole model with RecBole's trainer, unless its checkpoint key (``mf_checkpoint``,
+  ``hash_checkpoint``) names a finished one; the model then loads what it needs from it.
+  Skipped for models without one. Its optimisation keys are the ``mf_*`` ones.
+* stages 1, 2, ...: every stage of :meth:`LLMRecommender.training_stages`, each on its own prompt
+  with its own trainable set (``stage_trainable``): by default stage 1 LoRA (Eq. 15-16), stage 2
+  LoRA frozen and the mapping modules and UHEM trained (Eq. 17). A model without training stages
+  (zero-shot) is only scored.
 
 Each stage has its own ``stage{k}_epochs``, ``stage{k}_learning_rate``, ``stage{k}_batch_size`` and
 ``stage{k}_train_rows`` (rows drawn afresh each epoch; ~ = all), early-stops on AUC over a fixed
@@ -28,9 +33,11 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from recbole_histllm.evaluator import user_auc
+from recbole_histllm.utils import get_model
 
 
 def _cfg(config, key, default=None):
+    """``config[key]``, or ``default`` when unset (absent or null)."""
     value = config[key] if key in config else None
     return default if value is None else value
 
@@ -82,21 +89,23 @@ class LLMTrainer(Trainer):
         return {"auc": round(auc, 4), "uauc": round(uauc, 4)}
 
     # ---- stage 0 ----------------------------------------------------------------------------
-    def _stage0_mf(self, train_data, valid_data, show_progress: bool) -> None:
-        from recbole_histllm.model.mf import MF, load_mf_embeddings
-
+    def _stage0(self, train_data, valid_data) -> None:
+        """Train (or resume, or take as given) the model's collaborative model and load it."""
+        spec = self.model.collaborative_model()
+        if spec is None:
+            return
         start = time.time()
-        checkpoint = _cfg(self.config, "mf_checkpoint")
+        checkpoint = _cfg(self.config, spec.checkpoint_key)
         if checkpoint:
             source = "given"
         else:
-            checkpoint = os.path.join(self.checkpoint_dir, "MF-stage0.pth")
+            checkpoint = os.path.join(self.checkpoint_dir, f"{spec.name}-stage0.pth")
             source = "resumed" if os.path.isfile(checkpoint) else "trained"
             if source == "trained":
                 config = copy.copy(self.config)
                 config.final_config_dict = dict(self.config.final_config_dict)
                 config.final_config_dict.update(
-                    model="MF",
+                    model=spec.name,
                     embedding_size=self.config["mf_embedding_size"],
                     learning_rate=self.config["mf_learning_rate"],
                     epochs=self.config["mf_epochs"],
@@ -105,19 +114,18 @@ class LLMTrainer(Trainer):
                     stopping_step=self.config["mf_stopping_step"],
                     weight_decay=0.0,
                 )
-                mf = MF(config, train_data._dataset).to(self.device)
-                trainer = Trainer(config, mf)
+                net = get_model(spec.name)(config, train_data._dataset).to(self.device)
+                trainer = Trainer(config, net)
                 partial = checkpoint + ".partial"
                 trainer.saved_model_file = partial
-                self.logger.info(set_color("stage 0", "green") + ": MF on the train split (collaborative embeddings)")
+                self.logger.info(set_color("stage 0", "green") + f": {spec.name} on the train split (collaborative)")
                 trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-                os.replace(partial, checkpoint)  # only a finished MF counts on resume
-        user, item = load_mf_embeddings(checkpoint, train_data._dataset)
-        self.model.set_collaborative_embeddings(user, item)
-        self.stage_summaries["stage0"] = {"mf_checkpoint": str(checkpoint), "source": source,
+                os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
+        self.model.load_collaborative(checkpoint, train_data._dataset)
+        self.stage_summaries["stage0"] = {"model": spec.name, "checkpoint": str(checkpoint), "source": source,
                                           "time_s": round(time.time() - start, 2)}
 
-    # ---- stages 1 and 2 ---------------------------------------------------------------------
+    # ---- prompt stages ---------------------------------------------------------------------
     def _run_stage(self, stage: int, train_ds, valid_ds, valid_rows: np.ndarray, show_progress: bool) -> dict:
         key, model, cfg = f"stage{stage}", self.model, self.config
         model.set_stage(stage)
@@ -205,19 +213,29 @@ class LLMTrainer(Trainer):
 
     # ---- RecBole interface ------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Run stage 0 (if the model has collaborative slots), then every prompt stage in order."""
+        """Stage 0 (if the model has a collaborative model), then every training stage in order;
+        a model without training stages (zero-shot) is only scored on the valid rows."""
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        if getattr(self.model, "cia", None) is not None:
-            self._stage0_mf(train_data, valid_data, show_progress)
+        self._stage0(train_data, valid_data)
         train_ds, valid_ds = train_data._dataset, valid_data._dataset
         valid_rows = self._valid_rows(valid_ds)
-        for stage in sorted(self.model.templates):
+        stages = self.model.training_stages()
+        for stage in stages:
             self.stage_summaries[f"stage{stage}"] = self._run_stage(stage, train_ds, valid_ds, valid_rows,
                                                                     show_progress)
-        last = self.stage_summaries[f"stage{max(self.model.templates)}"]
-        self.best_valid_result = dict(last["best_valid"] or {})
-        self.best_valid_result.pop("epoch", None)
-        self.best_valid_result = {k: self.best_valid_result[k] for k in ("auc", "uauc") if k in self.best_valid_result}
+        if stages:
+            last = self.stage_summaries[f"stage{stages[-1]}"]
+            best = dict(last["best_valid"] or {})
+            self.best_epoch = last["best_epoch"]
+        else:
+            self.model.set_stage(max(self.model.templates))
+            start = time.time()
+            best = self.valid_metrics(valid_ds, valid_rows, desc="valid (no training)")
+            self.stage_summaries["no_training"] = {"time_s": round(time.time() - start, 2),
+                                                   "valid_rows": len(valid_rows), "valid": best}
+            self.logger.info(f"{self.config['model']} is not trained: valid {best}")
+            self.best_epoch = None
+        self.best_valid_result = {k: best[k] for k in ("auc", "uauc") if k in best}
         self.best_valid_score = self.best_valid_result.get("auc", -math.inf)
         if saved:
             torch.save({"state_dict": self.model.checkpoint_state(), "config": dict(self.config.final_config_dict),
