@@ -46,6 +46,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if not arg.startswith("--") or "=" not in arg:
             raise UsageError(f"cannot read argument '{arg}': expected --key=value. {USAGE}")
         key, value = arg[2:].split("=", 1)
+        if value.strip().lower() in ("~", "null"):  # YAML's null; RecBole would keep the string
+            value = "None"
         if key in args and args[key] != value:
             raise UsageError(f"--{key} given twice with different values")
         args[key] = value
@@ -196,7 +198,7 @@ def run(
         "model": config["model"],
         "dataset": config["dataset"],
         "seed": config["seed"],
-        "best_epoch": best["epoch"],
+        "best_epoch": best["epoch"] if best["epoch"] is not None else getattr(trainer, "best_epoch", None),
         "best_valid_score": best_valid_score,
         "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},

