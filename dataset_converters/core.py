@@ -631,6 +631,16 @@ def finalize_dataset(
     summary["rows"] = int(len(inter))
     summary["max_history"] = int(max_history)
     summary.update(report.to_dict())
+    summary["options"] = {
+        "max_history": max_history,
+        "user_core": user_core,
+        "item_core": item_core,
+        "sample_users": n_users,
+        "sample_items": n_items,
+        "seed": seed,
+        "missing_meta": missing_meta,
+        "require_image": require_image,
+    }
     if extra:
         summary.update(extra)
     write_dataset(out_dir, inter, text, summary)

@@ -182,15 +182,6 @@ def build_mind(
         extra={
             "source": [str(r) for r in raws],
             "label_rule": "click",
-            "options": {
-                "user_core": user_core,
-                "item_core": item_core,
-                "sample_users": sample_users,
-                "sample_items": sample_items,
-                "seed": seed,
-                "missing_meta": missing_meta,
-                "require_image": require_image,
-            },
         },
     )
 

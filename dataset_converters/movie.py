@@ -269,15 +269,6 @@ def build_movie(
             "source": str(raw),
             "ratings_file": ratings_path.name,
             "label_rule": "rating >= 4",
-            "options": {
-                "user_core": user_core,
-                "item_core": item_core,
-                "sample_users": sample_users,
-                "sample_items": sample_items,
-                "seed": seed,
-                "missing_meta": missing_meta,
-                "require_image": require_image,
-            },
         },
     )
 

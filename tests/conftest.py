@@ -12,6 +12,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# LLM models on the tiny datasets: a tiny random backbone over the real tokenizer, few rows.
+FAST_LLM = {
+    "llm_path": "random:tiny",
+    "bf16": False,
+    "history_len": 5,
+    "show_progress": False,
+    "mf_epochs": 1,
+    "stage1_train_rows": 32,
+    "stage2_train_rows": 32,
+    "stage1_epochs": 1,
+    "stage2_epochs": 2,
+    "stopping_step": 5,
+    "valid_rows": None,
+}
+
 
 @pytest.fixture(scope="session")
 def ml100k_root(tmp_path_factory) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAST_LLM
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
@@ -11,19 +12,7 @@ from recbole_histllm.config import Config
 from recbole_histllm.model.histllm import HistLLM
 from recbole_histllm.trainer import HistLLMTrainer
 
-FAST = {
-    "llm_path": "random:tiny",
-    "bf16": False,
-    "history_len": 5,
-    "show_progress": False,
-    "mf_epochs": 1,
-    "stage1_train_rows": 32,
-    "stage2_train_rows": 32,
-    "stage1_epochs": 1,
-    "stage2_epochs": 2,
-    "stopping_step": 5,
-    "valid_rows": None,
-}
+FAST = FAST_LLM
 
 
 def build(root, checkpoint_dir, dataset="tiny", **overrides):

@@ -11,6 +11,7 @@ import logging
 
 import pytest
 import torch
+from conftest import FAST_LLM
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
@@ -23,19 +24,7 @@ from recbole_histllm.utils import UsageError, get_model, get_trainer
 
 torch.set_num_threads(1)
 
-FAST = {
-    "llm_path": "random:tiny",
-    "bf16": False,
-    "history_len": 5,
-    "show_progress": False,
-    "mf_epochs": 1,
-    "stage1_train_rows": 32,
-    "stage2_train_rows": 32,
-    "stage1_epochs": 1,
-    "stage2_epochs": 1,
-    "stopping_step": 5,
-    "valid_rows": None,
-}
+FAST = {**FAST_LLM, "stage2_epochs": 1}
 MODELS = ("TALLRec", "TALLRec-image", "CoLLM", "CoLLM-image", "BinLLM", "BinLLM-image", "ZeroShot")
 
 # The appendix figures verbatim (A.1, A.3), the figure's "\n" as the escape it stands for.
