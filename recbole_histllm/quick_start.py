@@ -19,6 +19,8 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
@@ -114,6 +116,28 @@ def write_predictions(path: Path, dataset, data_struct) -> int:
     return len(scores)
 
 
+def subsample_test(test_data, config: Config):
+    """The test loader restricted to a fixed random subset of test users (all their rows) whose rows
+    add up to at least ``test_rows``; ``test_data`` itself when ``test_rows`` is unset or covers all.
+
+    Whole users are kept so that UAUC sees every row of the users it scores; the subset depends only
+    on the seed and the split, so runs of different models with the same ``test_rows`` score the same rows.
+    """
+    budget = config["test_rows"] if "test_rows" in config else None
+    dataset = test_data._dataset
+    if budget is None or int(budget) >= len(dataset):
+        return test_data
+    users = dataset.inter_feat[dataset.uid_field].numpy()
+    unique, counts = np.unique(users, return_counts=True)
+    order = np.random.default_rng(int(config["seed"])).permutation(len(unique))
+    take = int(np.searchsorted(np.cumsum(counts[order]), int(budget))) + 1
+    rows = np.nonzero(np.isin(users, unique[order[:take]]))[0]
+    subset = dataset.copy(dataset.inter_feat[torch.from_numpy(rows)])
+    getLogger().info(f"test_rows={budget}: testing on {len(rows)} of {len(dataset)} test rows "
+                     f"({take} of {len(unique)} users, fixed by the seed)")
+    return type(test_data)(config, subset, test_data._sampler, shuffle=False)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -165,6 +189,8 @@ def run(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    full_test_rows = len(test_data._dataset)
+    test_data = subsample_test(test_data, config)
     times["data"] = time.time() - start
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -203,6 +229,7 @@ def run(
         "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "test_rows": n_rows,
+        "test_rows_in_split": full_test_rows,
         "wall_time_s": times,
         "stages": getattr(trainer, "stage_summaries", None),
         "checkpoint": trainer.saved_model_file,

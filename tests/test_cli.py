@@ -50,6 +50,25 @@ def test_train_and_report_files(model, epochs, ml100k_root, tmp_path, capsys):
     assert set(predictions.user_id) <= set(inter["user_id:token"])
 
 
+def test_test_rows_keeps_whole_users_fixed_by_seed(ml100k_root, tmp_path):
+    """``test_rows`` scores a seed-fixed subset of test users with all their rows, and nothing else."""
+    common = ["--model=MF", "--dataset=ml-100k", f"--data_path={ml100k_root}", "--epochs=1", "--show_progress=False"]
+    assert main([*common, f"--output_dir={tmp_path / 'full'}"]) == 0
+    assert main([*common, "--test_rows=1000", "--learning_rate=0.01", f"--output_dir={tmp_path / 'sub'}"]) == 0
+    def read(name):
+        return pd.read_csv(tmp_path / name / "test_predictions.csv", dtype={"user_id": str, "item_id": str})
+    full, sub = read("full"), read("sub")
+    result = json.loads((tmp_path / "sub" / "result.json").read_text())
+    assert 1000 <= len(sub) == result["test_rows"] < result["test_rows_in_split"] == len(full) == 9596
+    kept = full[full.user_id.isin(set(sub.user_id))]
+    assert len(kept) == len(sub)  # every row of every kept user, no other row
+    key = ["user_id", "item_id"]
+    assert kept.sort_values(key)[key].to_numpy().tolist() == sub.sort_values(key)[key].to_numpy().tolist()
+    auc, uauc = recompute(sub)
+    assert result["test_result"]["auc"] == pytest.approx(auc, abs=1e-4)
+    assert result["test_result"]["uauc"] == pytest.approx(uauc, abs=1e-4)
+
+
 def test_mf_checkpoint_loads_into_another_dataset_object(ml100k_root, tmp_path):
     from recbole.data import create_dataset
 

@@ -128,6 +128,17 @@ def test_prompts_match_the_paper_appendix(name, tiny_root, tmp_path):
             assert model.builders[stage].render_text(placeholder_sample(n)) == paper_text(figure, n), (stage, n)
 
 
+def test_tallrec_desc_prompt_is_fig8(tiny_root, tmp_path):
+    """``tallrec_desc: True`` is the paper's TALLRec_desc (Fig. 8, A.1): descriptions for titles."""
+    fig8 = ("#Question: A user has given high ratings to the following movies: <Item_1Desc>...<Item_nDesc>. "
+            "Leverage the information to predict whether the user would enjoy the movie with the description as "
+            'follows: <TargetItemDesc> Answer with "Yes" or "No". \\n#Answer:')
+    _, model, _, _, _ = build("TALLRec", tiny_root, tmp_path, tallrec_desc=True)
+    sample = PromptSample({"TargetItemDesc": "<TargetItemDesc>"}, [{"Desc": f"<Item_{k}Desc>"} for k in (1, 2, 3)])
+    expected = fig8.replace("<Item_1Desc>...<Item_nDesc>", '"<Item_1Desc>", "<Item_2Desc>", "<Item_3Desc>"')
+    assert model.builders[1].render_text(sample) == expected.replace(" \\n", "\n")
+
+
 def test_zeroshot_prompt_is_fig6_in_the_chat_template(tiny_root, tmp_path):
     _, model, train, _, _ = build("ZeroShot", tiny_root, tmp_path)
     builder = model.builders[1]

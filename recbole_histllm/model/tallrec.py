@@ -7,18 +7,21 @@ target title, and trains that mapping module together with LoRA in the single st
 
 from __future__ import annotations
 
-from recbole_histllm.llm import TALLREC, TALLREC_IMAGE, PromptTemplate
+from recbole_histllm.llm import TALLREC, TALLREC_DESC, TALLREC_IMAGE, PromptTemplate
 from recbole_histllm.model.llm_recommender import LORA, LLMRecommender, model_name
 
 
 class TALLRec(LLMRecommender):
-    """TALLRec (Fig. 6): one stage, LoRA on the text prompt."""
+    """TALLRec (Fig. 6): one stage, LoRA on the text prompt; ``tallrec_desc: True`` is the paper's
+    TALLRec_desc (Fig. 8: KE descriptions in place of titles)."""
 
     visual_variant = False
     stage_trainable = {1: (LORA, "vma")}  # "vma" exists only in the image variant
 
     def build_templates(self) -> dict[int, PromptTemplate]:
-        return {1: self.prompt(TALLREC_IMAGE if self.use_visual else TALLREC)}
+        if self.use_visual:
+            return {1: self.prompt(TALLREC_IMAGE)}
+        return {1: self.prompt(TALLREC_DESC if self.config["tallrec_desc"] else TALLREC)}
 
 
 @model_name("TALLRec-image")
