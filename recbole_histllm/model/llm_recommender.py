@@ -37,6 +37,7 @@ from recbole_histllm.llm import (
     PromptBuilder,
     PromptSample,
     PromptTemplate,
+    QuantizationUnavailableError,
     apply_lora,
     autocast,
     enable_gradient_checkpointing,
@@ -44,6 +45,7 @@ from recbole_histllm.llm import (
     for_domain,
     load_backbone,
     load_tokenizer,
+    quantization_config,
     random_backbone,
     score_batch,
     set_lora_trainable,
@@ -232,13 +234,22 @@ class LLMRecommender(AbstractRecommender):
         return self.visual_variant
 
     def _load_llm(self, config):
+        """Backbone (``llm_path``, ``llm_dtype``, ``load_in_8bit`` / ``load_in_4bit``), LoRA, and
+        ``gradient_checkpointing``."""
         path = str(config["llm_path"] or "")
+        quantization = quantization_config(bool(config["load_in_8bit"]), bool(config["load_in_4bit"]),
+                                           config["device"])
         if path.startswith("random:"):  # a real backbone's shape, random weights (tests, speed runs)
+            if quantization is not None:
+                raise QuantizationUnavailableError(
+                    f"config keys `load_in_8bit` / `load_in_4bit` need a pretrained `llm_path`, not {path}")
             tokenizer = load_tokenizer(None, config["llm_cache_dir"])
             model = random_backbone(path.split(":", 1)[1], tokenizer, config["llm_dtype"], config["device"],
                                     seed=int(config["seed"]))
         else:
-            model, tokenizer = load_backbone(config["llm_path"], config["llm_cache_dir"], dtype=config["llm_dtype"])
+            model, tokenizer = load_backbone(config["llm_path"], config["llm_cache_dir"], dtype=config["llm_dtype"],
+                                             device=config["device"] if quantization is not None else None,
+                                             quantization=quantization)
         if self.uses_lora():
             model = apply_lora(model, config["lora_r"], config["lora_alpha"], config["lora_dropout"],
                                config["lora_target_modules"])
@@ -345,6 +356,7 @@ class LLMRecommender(AbstractRecommender):
         """UHEM (Eq. 4-8): description token embeddings + projected image token per item -> one token."""
         embed = self.llm.get_input_embeddings()
         desc = embed(self.desc_ids[hist_ids]).detach()  # the LLM's own (frozen) embedding table, Eq. 5
+        desc = desc.to(self.uhem.in_norm.weight.dtype)  # bf16 backbone weights, fp32 UHEM
         images = self.vma(self.image_table[hist_ids]) if self.use_visual else None
         return self.uhem(desc, self.desc_mask[hist_ids], images, hist_mask)
 

@@ -15,6 +15,13 @@ Each stage has its own ``stage{k}_epochs``, ``stage{k}_learning_rate``, ``stage{
 ``valid_rows`` subsample of the valid split, saves ONLY trainable weights (never the backbone)
 to ``<checkpoint_dir>/<model>-stage{k}.pth`` after every epoch, and resumes from there after a
 kill when rerun with the same ``--output_dir``.
+
+Under ``torchrun --nproc_per_node=N`` (:mod:`recbole_histllm.distributed`): rank 0's initial trainable
+weights are broadcast; stage 0 is trained by rank 0 alone while the others wait, then every rank loads
+its checkpoint; each global batch of ``stage{k}_batch_size`` rows is split between the ranks and their
+gradients are summed before every optimiser step (the single-process update); validation and test rows
+are scored once each, sharded without padding and gathered in row order, so every rank computes the same
+metrics and takes the same early-stopping decision. Only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from logging import getLogger
 
 import numpy as np
 import torch
+from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.utils import get_model
 
@@ -50,6 +59,9 @@ class LLMTrainer(Trainer):
         self.logger = getLogger()
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-best.pth")
         self.stage_summaries: dict[str, dict] = {}
+        if distributed.world_size() > 1:  # every rank starts from rank 0's random initialisation (as DDP)
+            keys = set(model.checkpoint_state())
+            distributed.broadcast_([t for k, t in model.state_dict(keep_vars=True).items() if k in keys])
 
     # ---- helpers ------------------------------------------------------------------------------
     def _stage_file(self, stage: int) -> str:
@@ -69,17 +81,20 @@ class LLMTrainer(Trainer):
 
     @torch.no_grad()
     def score_rows(self, dataset, rows: np.ndarray, desc: str = "score") -> dict[str, np.ndarray]:
-        """Scores, labels and users of ``dataset[rows]`` in eval mode (the model's current stage)."""
+        """``score``, ``label``, ``user`` and ``item`` of ``dataset[rows]`` in the order of ``rows``, in eval
+        mode (the model's current stage). Under torchrun each rank scores its shard and gets all rows back."""
         self.model.eval()
+        rows = distributed.shard(np.asarray(rows))
         size = int(self.config["eval_batch_size"])
-        scores, labels, users = [], [], []
+        fields = {"label": "LABEL_FIELD", "user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
+        out: dict[str, list[np.ndarray]] = {"score": [], **{key: [] for key in fields}}
         batches = range(0, len(rows), size)
         for start in tqdm(batches, desc=desc, ncols=100, disable=not self.config["show_progress"]):
             inter = dataset[torch.as_tensor(rows[start : start + size])].to(self.device)
-            scores.append(self.model.predict(inter).float().cpu().numpy())
-            labels.append(inter[self.config["LABEL_FIELD"]].cpu().numpy())
-            users.append(inter[self.config["USER_ID_FIELD"]].cpu().numpy())
-        return {"score": np.concatenate(scores), "label": np.concatenate(labels), "user": np.concatenate(users)}
+            out["score"].append(self.model.predict(inter).float().cpu().numpy())
+            for key, field in fields.items():
+                out[key].append(inter[self.config[field]].cpu().numpy())
+        return distributed.gather_shards({k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()})
 
     def valid_metrics(self, dataset, rows: np.ndarray, desc: str = "valid") -> dict[str, float]:
         out = self.score_rows(dataset, rows, desc)
@@ -101,7 +116,8 @@ class LLMTrainer(Trainer):
         else:
             checkpoint = os.path.join(self.checkpoint_dir, f"{spec.name}-stage0.pth")
             source = "resumed" if os.path.isfile(checkpoint) else "trained"
-            if source == "trained":
+            distributed.barrier()  # every rank has looked for the checkpoint before rank 0 may write it
+            if source == "trained" and distributed.is_main():  # the other ranks wait, then load it
                 config = copy.copy(self.config)
                 config.final_config_dict = dict(self.config.final_config_dict)
                 config.final_config_dict.update(
@@ -121,6 +137,7 @@ class LLMTrainer(Trainer):
                 self.logger.info(set_color("stage 0", "green") + f": {spec.name} on the train split (collaborative)")
                 trainer.fit(train_data, valid_data, saved=True, show_progress=False)
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
+            distributed.barrier()
         self.model.load_collaborative(checkpoint, train_data._dataset)
         self.stage_summaries["stage0"] = {"model": spec.name, "checkpoint": str(checkpoint), "source": source,
                                           "time_s": round(time.time() - start, 2)}
@@ -131,6 +148,7 @@ class LLMTrainer(Trainer):
         model.set_stage(stage)
         path = self._stage_file(stage)
         saved = torch.load(path, map_location="cpu", weights_only=False) if os.path.isfile(path) else None
+        distributed.barrier()  # every rank has read the stage file before rank 0 may rewrite it
         if saved is not None and saved["done"]:
             model.load_checkpoint_state(saved["best_state"])
             self.logger.info(f"{key}: finished earlier, loaded its best weights from {path}")
@@ -157,28 +175,36 @@ class LLMTrainer(Trainer):
             f"{rows_per_epoch} rows/epoch, batch {batch_size}, up to {epochs} epochs"
         )
         stale = 0 if best["epoch"] is None else len(history) - 1 - best["epoch"]
+        cuda = torch.device(self.device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         for epoch in range(first_epoch, epochs):
             if stale >= patience:
                 break
             start = time.time()
             model.train()
             order = torch.randperm(len(train_ds), generator=self._generator(stage, epoch))[:rows_per_epoch]
-            batches = list(order.split(batch_size))
+            batches = list(order.split(batch_size))  # global batches; each rank trains on its shard
             bar = tqdm(batches, desc=f"{key} epoch {epoch}", ncols=100, disable=not show_progress)
-            total, optimizer_steps = 0.0, 0
+            total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
+            local_total = 0.0  # the losses of this rank's own shards (progress bar)
             optimizer.zero_grad()
             for step, idx in enumerate(bar, 1):
-                inter = train_ds[idx].to(self.device)
-                loss = model.calculate_loss(inter)
-                (loss / accumulate).backward()
+                mine = distributed.shard(idx)
+                share = len(mine) / len(idx)  # shares sum to 1: the summed gradient is the batch mean's
+                if len(mine):
+                    loss = model.calculate_loss(train_ds[mine].to(self.device))
+                    (loss * share / accumulate).backward()
+                    total += loss.detach().item() * share
+                    local_total += loss.detach().item()
                 if step % accumulate == 0 or step == len(batches):
+                    distributed.all_reduce_grads(params)
                     if self.clip_grad_norm:
                         torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                    optimizer_steps += 1
-                total += loss.detach().item()
-                bar.set_postfix(loss=f"{total / step:.4f}")
+                bar.set_postfix(loss=f"{local_total / step:.4f}")
+            total = distributed.all_reduce_sum(total, self.device)
             train_time = time.time() - start
             result = self.valid_metrics(valid_ds, valid_rows, desc=f"{key} valid")
             elapsed += time.time() - start
@@ -193,9 +219,11 @@ class LLMTrainer(Trainer):
                 stale = 0
             else:
                 stale += 1
-            torch.save({"done": False, "epoch": epoch, "state": model.checkpoint_state(),
-                        "optimizer": optimizer.state_dict(), "best_score": best["score"], "best_epoch": best["epoch"],
-                        "best_state": best["state"], "history": history, "time_s": elapsed, "rows": seen}, path)
+            if distributed.is_main():
+                torch.save({"done": False, "epoch": epoch, "state": model.checkpoint_state(),
+                            "optimizer": optimizer.state_dict(), "best_score": best["score"],
+                            "best_epoch": best["epoch"], "best_state": best["state"], "history": history,
+                            "time_s": elapsed, "rows": seen}, path)
         if best["state"] is not None:
             model.load_checkpoint_state(best["state"])
         summary = {
@@ -206,9 +234,12 @@ class LLMTrainer(Trainer):
             "best_valid_auc": best["score"] if best["epoch"] is not None else None,
             "best_valid": next((h for h in history if h["epoch"] == best["epoch"]), None),
             "valid_rows": len(valid_rows),
+            "world_size": distributed.world_size(),
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2) if cuda else None,
             "epochs": history,
         }
-        torch.save({"done": True, "best_state": model.checkpoint_state(), "summary": summary}, path)
+        if distributed.is_main():
+            torch.save({"done": True, "best_state": model.checkpoint_state(), "summary": summary}, path)
         return summary
 
     # ---- RecBole interface ------------------------------------------------------------------
@@ -237,9 +268,10 @@ class LLMTrainer(Trainer):
             self.best_epoch = None
         self.best_valid_result = {k: best[k] for k in ("auc", "uauc") if k in best}
         self.best_valid_score = self.best_valid_result.get("auc", -math.inf)
-        if saved:
+        if saved and distributed.is_main():
             torch.save({"state_dict": self.model.checkpoint_state(), "config": dict(self.config.final_config_dict),
                         "stages": self.stage_summaries}, self.saved_model_file)
+        distributed.barrier()  # the best weights are on disk before any rank's evaluate() loads them
         return self.best_valid_score, self.best_valid_result
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):  # RecBole's hook; stages save their own
@@ -247,8 +279,21 @@ class LLMTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        """RecBole's evaluation, after loading the saved trainable weights (not a full state dict)."""
+        """Score every row of ``eval_data`` once (:meth:`score_rows`: sharded under torchrun, no padding)
+        and compute the configured metrics with RecBole's collector and evaluator; the collector keeps the
+        rows in ``eval_collector.last_data_struct`` (test_predictions.csv). ``load_best_model`` loads the
+        saved trainable weights (not a full state dict) first."""
+        if not eval_data:
+            return None
         if load_best_model:
             checkpoint = torch.load(model_file or self.saved_model_file, map_location="cpu", weights_only=False)
             self.model.load_checkpoint_state(checkpoint["state_dict"])
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        dataset = eval_data._dataset
+        out = self.score_rows(dataset, np.arange(len(dataset)), desc="evaluate")
+        fields = {"LABEL_FIELD": "label", "USER_ID_FIELD": "user", "ITEM_ID_FIELD": "item"}
+        rows = Interaction({self.config[field]: torch.from_numpy(out[key]) for field, key in fields.items()})
+        self.eval_collector.eval_batch_collect(torch.from_numpy(out["score"]), rows, None, None)
+        self.eval_collector.model_collect(self.model)
+        result = self.evaluator.evaluate(self.eval_collector.get_data_struct())
+        self.wandblogger.log_eval_metrics(result, head="eval")
+        return result
