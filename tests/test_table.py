@@ -88,3 +88,13 @@ def test_history_table_writes_png(tiny_root, tmp_path):
 def test_bad_table_kind_exits_2(capsys):
     assert tbl.main(["--dataset=tiny", "--table=nope"]) == 2
     assert "expected one of" in capsys.readouterr().err
+
+
+def test_reuse_matches_configs_and_tolerates_keys_added_later(tmp_path):
+    result = tmp_path / "result.json"
+    result.write_text('{"config": {"model": "MF", "learning_rate": 0.001, "test_rows": 3000}}')
+    assert tbl._matches(result, {"model": "MF", "learning_rate": 0.001}, 1500)  # nested subsets
+    assert not tbl._matches(result, {"model": "MF", "learning_rate": 0.001}, None)  # whole split asked
+    assert not tbl._matches(result, {"model": "MF", "learning_rate": 0.01}, 3000)
+    assert tbl._matches(result, {"model": "MF", "load_in_4bit": False, "ddp_backend": None}, 3000)
+    assert not tbl._matches(result, {"model": "MF", "load_in_4bit": True}, 3000)
