@@ -20,7 +20,7 @@ from recbole_histllm.llm import PromptSample
 from recbole_histllm.model.binllm import code_text
 from recbole_histllm.model.hashmf import HashMF, binarize, load_hash_codes
 from recbole_histllm.trainer import LLMTrainer
-from recbole_histllm.utils import UsageError, get_model, get_trainer
+from recbole_histllm.utils import get_model, get_trainer
 
 torch.set_num_threads(1)
 
@@ -230,11 +230,6 @@ def test_one_tiny_epoch_trains_exactly_the_declared_groups(name, tiny_root, tmp_
     assert {"auc", "uauc"} <= set(result)
     scores = model.predict(first_rows(test, 4))
     assert ((scores > 0) & (scores < 1)).all()
-
-
-def test_zeroshot_rejects_a_vision_language_model(tiny_root, tmp_path):
-    with pytest.raises(UsageError, match="vlm_path"):
-        build("ZeroShot", tiny_root, tmp_path, vlm_path="/models/deepseek-vl2")
 
 
 # ---- BinLLM ---------------------------------------------------------------------------------------

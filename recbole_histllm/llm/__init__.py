@@ -6,6 +6,8 @@
 - :mod:`.templates`: the paper's prompts (Fig. 3, 6-8, 11-12).
 - :mod:`.scoring`: P(Yes) at the answer position, BCE.
 - :mod:`.lora`: LoRA, trainable-only state dicts, bf16 autocast, gradient checkpointing.
+- :mod:`.vlm`: a local vision-language model and its processor for zero-shot P(Yes) over an
+  interleaved text and poster prompt (ZeroShot's ``vlm_path``); imported on use.
 """
 
 from .backbone import (

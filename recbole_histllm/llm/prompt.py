@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -159,13 +160,16 @@ def resolve_answer_tokens(
 
 
 @dataclass
-class _Slot:
+class Slot:
+    """One slot of a filled template: ``item_idx`` indexes the sample's history (-1: top level)."""
+
     name: str
     k: int
     item_idx: int
 
 
-def _parse(text: str) -> list[tuple[bool, str]]:
+@lru_cache(maxsize=256)
+def _parse(text: str) -> tuple[tuple[bool, str], ...]:
     """Split a template string into ``(is_placeholder, text_or_name)`` pieces."""
     out: list[tuple[bool, str]] = []
     last = 0
@@ -176,7 +180,47 @@ def _parse(text: str) -> list[tuple[bool, str]]:
         last = m.end()
     if last < len(text):
         out.append((False, text[last:]))
-    return out
+    return tuple(out)
+
+
+def _text(values: Mapping[str, str], name: str, where: str) -> str:
+    try:
+        value = values[name]
+    except KeyError:
+        raise KeyError(f"prompt placeholder <{name}> needs a text value in {where}") from None
+    return "" if value is None else str(value)
+
+
+def fill_template(template: PromptTemplate, sample: PromptSample, first_item: int = 0) -> list[str | Slot]:
+    """``template.instruction`` filled from ``sample``: text pieces and :class:`Slot` s in prompt order.
+
+    ``<HistoryList>`` lists the history from index ``first_item`` on (``empty_history`` when none).
+    """
+    segs: list[str | Slot] = []
+    history = list(sample.history)
+    for is_ph, v in _parse(template.instruction):
+        if not is_ph:
+            segs.append(v)
+        elif v == HISTORY_LIST:
+            kept = range(first_item, len(history))
+            if len(kept) == 0:
+                segs.append(template.empty_history)
+            for n, i in enumerate(kept):
+                if n:
+                    segs.append(template.history_sep)
+                for is_ph2, w in _parse(template.history_item):
+                    if not is_ph2:
+                        segs.append(w)
+                    elif w in template.slots:
+                        segs.append(Slot(w, int(template.slots[w]), i))
+                    else:
+                        key = w[len(ITEM_PREFIX) :] if w.startswith(ITEM_PREFIX) else w
+                        segs.append(_text(history[i], key, f"history item {i}"))
+        elif v in template.slots:
+            segs.append(Slot(v, int(template.slots[v]), -1))
+        else:
+            segs.append(_text(sample.fields, v, "the sample's fields"))
+    return segs
 
 
 class PromptBuilder:
@@ -250,47 +294,15 @@ class PromptBuilder:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     # ---- rendering ----------------------------------------------------------------------------
-    def _text(self, values: Mapping[str, str], name: str, where: str) -> str:
-        try:
-            value = values[name]
-        except KeyError:
-            raise KeyError(f"prompt placeholder <{name}> needs a text value in {where}") from None
-        return "" if value is None else str(value)
+    def _segments(self, sample: PromptSample, first_item: int) -> list[str | Slot]:
+        return [self._head, *fill_template(self.template, sample, first_item), self._tail]
 
-    def _segments(self, sample: PromptSample, first_item: int) -> list[str | _Slot]:
-        segs: list[str | _Slot] = [self._head]
-        history = list(sample.history)
-        for is_ph, v in self._main:
-            if not is_ph:
-                segs.append(v)
-            elif v == HISTORY_LIST:
-                kept = range(first_item, len(history))
-                if len(kept) == 0:
-                    segs.append(self.template.empty_history)
-                for n, i in enumerate(kept):
-                    if n:
-                        segs.append(self.template.history_sep)
-                    for is_ph2, w in self._item:
-                        if not is_ph2:
-                            segs.append(w)
-                        elif w in self.template.slots:
-                            segs.append(_Slot(w, int(self.template.slots[w]), i))
-                        else:
-                            key = w[len(ITEM_PREFIX) :] if w.startswith(ITEM_PREFIX) else w
-                            segs.append(self._text(history[i], key, f"history item {i}"))
-            elif v in self.template.slots:
-                segs.append(_Slot(v, int(self.template.slots[v]), -1))
-            else:
-                segs.append(self._text(sample.fields, v, "the sample's fields"))
-        segs.append(self._tail)
-        return segs
-
-    def _tokenize(self, segs: list[str | _Slot]) -> tuple[list[int], list[tuple[str, int, int, int]]]:
+    def _tokenize(self, segs: list[str | Slot]) -> tuple[list[int], list[tuple[str, int, int, int]]]:
         """Token ids and (slot name, pos, item_idx, slot_idx) for a segment list."""
-        runs: list[str | _Slot] = []
+        runs: list[str | Slot] = []
         buf: list[str] = []
         for s in segs:
-            if isinstance(s, _Slot):
+            if isinstance(s, Slot):
                 runs.append("".join(buf))
                 buf = []
                 runs.append(s)
@@ -300,7 +312,7 @@ class PromptBuilder:
         ids: list[int] = []
         slots: list[tuple[str, int, int, int]] = []
         for j, r in enumerate(runs):
-            if isinstance(r, _Slot):
+            if isinstance(r, Slot):
                 for t in range(r.k):
                     slots.append((r.name, len(ids), r.item_idx, t))
                     ids.append(self.filler_id)
@@ -337,7 +349,7 @@ class PromptBuilder:
         """The prompt as text (debugging, tests): slots shown as ``<Name>`` or ``slot_text``."""
         out = []
         for s in self._segments(sample, 0):
-            if isinstance(s, _Slot):
+            if isinstance(s, Slot):
                 out.append((slot_text if slot_text is not None else f"<{s.name}>") * s.k)
             else:
                 out.append(s)

@@ -48,12 +48,18 @@ def last_token_logits(
     attention_mask: torch.Tensor,
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
+    **model_inputs,
 ) -> torch.Tensor:
-    """Vocabulary logits ``(B, V)`` at the last (answer) position of a left-padded batch."""
+    """Vocabulary logits ``(B, V)`` at the last (answer) position of a left-padded batch.
+
+    ``model_inputs``: further model arguments (a vision-language model's ``pixel_values`` ...);
+    ``position_ids=None`` there leaves the positions to a model that computes its own (M-RoPE).
+    """
     kwargs = {
         "attention_mask": attention_mask,
         "position_ids": position_ids_from_mask(attention_mask),
         "use_cache": False,
+        **model_inputs,
     }
     if inputs_embeds is not None:
         kwargs["inputs_embeds"] = inputs_embeds
@@ -72,9 +78,11 @@ def yes_no_logits(
     attention_mask: torch.Tensor,
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
+    **model_inputs,
 ) -> torch.Tensor:
     """``(B, 2)`` float32 logits of the Yes and No tokens at the answer position."""
-    logits = last_token_logits(model, attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+    logits = last_token_logits(model, attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                               **model_inputs)
     return logits[:, [answer.yes, answer.no]].float()
 
 

@@ -176,18 +176,10 @@ class LLMRecommender(AbstractRecommender):
         self.use_collaborative = bool(config["use_collaborative"])
 
         self.templates = self.build_templates()
-        self.builders = {
-            stage: PromptBuilder(
-                self.tokenizer,
-                template,
-                max_prompt_tokens=config["max_prompt_tokens"],
-                use_chat_template=bool(config["use_chat_template"]),
-            )
-            for stage, template in self.templates.items()
-        }
+        self.builders = {stage: self.make_builder(template) for stage, template in self.templates.items()}
         slots = {name for t in self.templates.values() for name in t.slots}
         self.vma = self.cia = self.uhem = None
-        if slots & set(IMAGE_SLOTS) or (HISTORY_SLOT in slots and self.use_visual):
+        if self.use_visual and (slots & set(IMAGE_SLOTS) or HISTORY_SLOT in slots):
             self.vma = MappingModule(self.image_table.shape[1], self.hidden, config["mapping_hidden"],
                                      config["mapping_layers"])
         if slots & set(USER_SLOTS + ITEM_SLOTS):
@@ -211,6 +203,11 @@ class LLMRecommender(AbstractRecommender):
     def build_templates(self) -> dict[int, PromptTemplate]:
         """Prompt per training stage (1: LoRA, 2: mapping modules / UHEM). Subclasses override."""
         raise NotImplementedError
+
+    def make_builder(self, template: PromptTemplate) -> PromptBuilder:
+        """The renderer of one stage's prompt (``max_prompt_tokens``, ``use_chat_template``)."""
+        return PromptBuilder(self.tokenizer, template, max_prompt_tokens=self.config["max_prompt_tokens"],
+                             use_chat_template=bool(self.config["use_chat_template"]))
 
     def prompt(self, template: PromptTemplate) -> PromptTemplate:
         """``template`` in the dataset's wording (``prompt_domain``: movie or news)."""
