@@ -179,7 +179,8 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     config["checkpoint_dir"] = str(output_dir)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    with distributed.main_first():  # RecBole creates ./log/<model> unguarded: ranks would race for it
+        init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
