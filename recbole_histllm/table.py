@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
         if any(a in ("-h", "--help") for a in argv):
-            raise UsageError(__doc__.strip().split("\n\n")[1])
+            print(__doc__)
+            return 0
         argv = [a if "=" in a or a == "--debug" else f"{a}=True" for a in argv]  # bare --dry_run
         args = parse_args(["--model=table", *argv])
         args.pop("model")
