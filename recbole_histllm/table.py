@@ -1,4 +1,4 @@
-"""The paper's tables and its history-length figure as commands (Table 2, 3, 4; Fig. 2 and 4).
+r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4; Fig. 2 and 4).
 
     python -m recbole_histllm.table --dataset=movie --seeds=3 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
