@@ -267,3 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.shutdown()
     print(f"results written to {output_dir}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,8 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
-one CLI run (``run_recbole_histllm.py``) in ``<out>/<dataset>/<label>-<hash>/seed<k>``; a finished
+one CLI run (``python -m recbole_histllm.quick_start``, the CLI of ``run_recbole_histllm.py``)
+in ``<out>/<dataset>/<label>-<hash>/seed<k>``; a finished
 run (its ``result.json``) is reused, from there or from any folder under ``--runs`` whose recorded
 config equals the run's config, so a table builds incrementally and survives a kill (the LLM
 stages resume from their checkpoints). Keys given on the command line are passed to every run.
@@ -37,8 +38,6 @@ from sklearn.metrics import roc_auc_score
 
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.utils import UsageError
-
-REPO_RUNNER = Path(__file__).resolve().parents[1] / "run_recbole_histllm.py"
 
 #: Named rows: label -> (model, overrides). HistLLM(Transformer) is the paper's reference row.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -160,7 +159,8 @@ def launch(row: Row, dataset: str, seed: int, extra: dict[str, Any], out: Path) 
     """One CLI run in ``out`` (resumes its stages after a kill); its log goes to ``out/run.log``."""
     out.mkdir(parents=True, exist_ok=True)
     args = {**extra, **row.overrides, "seed": seed, "show_progress": False}
-    cmd = [sys.executable, str(REPO_RUNNER), f"--model={row.model}", f"--dataset={dataset}", f"--output_dir={out}"]
+    cmd = [sys.executable, "-m", "recbole_histllm.quick_start", f"--model={row.model}", f"--dataset={dataset}",
+           f"--output_dir={out}"]
     cmd += [f"--{k}={'~' if v is None else v}" for k, v in args.items()]
     print(f"  running: {' '.join(cmd[1:])}", flush=True)
     with open(out / "run.log", "a", encoding="utf-8") as log:
