@@ -3,7 +3,7 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
     python -m recbole_histllm.table --dataset=movie --seeds=3 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--out=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--any_config_key=value ...]
+        [--dry_run] [--reuse_only] [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
@@ -12,6 +12,8 @@ in ``<out>/<dataset>/<label>-<hash>/seed<k>``; a finished
 run (its ``result.json``) is reused, from there or from any folder under ``--runs`` whose recorded
 config equals the run's config, so a table builds incrementally and survives a kill (the LLM
 stages resume from their checkpoints). Keys given on the command line are passed to every run.
+``--dry_run`` lists what would run; ``--reuse_only`` builds the table from the finished runs alone
+(a row or seed without one is reported, not run; rows with fewer seeds than asked are marked).
 
 Metrics are recomputed from each run's ``test_predictions.csv`` (sklearn AUC; UAUC as the
 evaluator) on the rows that every run of the table scored, so runs tested on a ``test_rows`` subset
@@ -230,7 +232,8 @@ def _ranks(values: pd.Series) -> list[int]:
     return [order.index(v) if not math.isnan(v) else -1 for v in values]
 
 
-def to_markdown(table: pd.DataFrame, kind: str, caption: str) -> str:
+def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) -> str:
+    """The table in the paper's layout; a row with fewer than ``seeds`` runs says how many it has."""
     with_groups = kind == "main"
     lead = ["Group", "Method"] if with_groups else (["Backbone", "Method"] if kind == "backbone" else
                                                      ["n", "Method"] if kind == "history" else ["Method"])
@@ -247,7 +250,9 @@ def to_markdown(table: pd.DataFrame, kind: str, caption: str) -> str:
                 previous = r.group
             elif kind in ("backbone", "history"):
                 cells.append(r.column if j == 0 else "")
-            cells += [r.label, _cell(r.auc_mean, r.auc_std, auc_rank[j]), _cell(r.uauc_mean, r.uauc_std, uauc_rank[j])]
+            done = int(r.get("seeds", seeds))
+            label = r.label if done >= seeds else f"{r.label} ({done} of {seeds} seeds)"
+            cells += [label, _cell(r.auc_mean, r.auc_std, auc_rank[j]), _cell(r.uauc_mean, r.uauc_std, uauc_rank[j])]
             if with_groups:
                 cells.append("-" if math.isnan(r.rel_imp) else f"{100 * r.rel_imp:.1f}%")
             lines.append("| " + " | ".join(cells) + " |")
@@ -288,8 +293,11 @@ def expand(kind: str, rows: list[Row], llm_paths: list[str], history: list[int])
 
 
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
-          search: list[Path], dry_run: bool = False) -> pd.DataFrame | None:
-    """Find or run every (row, seed), score them on their common rows, write the table files."""
+          search: list[Path], dry_run: bool = False, reuse_only: bool = False) -> pd.DataFrame | None:
+    """Find or run every (row, seed), score them on their common rows, write the table files.
+
+    With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
+    """
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
     missing = []
@@ -305,9 +313,15 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
                 missing.append((i, seed, own))
     if dry_run:
         return None
-    for i, seed, own in missing:
-        launch(rows[i], dataset, seed, extra, own)
-        runs[(i, seed)] = own
+    if reuse_only:
+        if missing:
+            print(f"--reuse_only: {len(missing)} of {len(rows) * len(seeds)} runs missing, left out", flush=True)
+        if not runs:
+            raise UsageError("--reuse_only: none of the table's runs has finished (see the list above)")
+    else:
+        for i, seed, own in missing:
+            launch(rows[i], dataset, seed, extra, own)
+            runs[(i, seed)] = own
     scores, n_common, sizes = score_runs(runs)
     table = summarise(rows, seeds, scores)
     if kind == "main":
@@ -319,7 +333,7 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
                f"{n_common} test rows ({note}).")
     root.mkdir(parents=True, exist_ok=True)
     table.assign(test_rows=n_common).to_csv(root / f"table_{kind}.csv", index=False)
-    (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption), encoding="utf-8")
+    (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
     if kind == "history":
         plot_history(table, root / "history.png", dataset)
     return table
@@ -347,9 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.pop("out", "saved/tables"))
         search = [Path(p) for p in args.pop("runs", "").split(",") if p]
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
+        reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
         args.pop("debug", None)
         extra = {k: _value(v) for k, v in args.items()}
-        table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run)
+        table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
+                      reuse_only)
     except (UsageError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

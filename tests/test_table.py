@@ -98,3 +98,22 @@ def test_reuse_matches_configs_and_tolerates_keys_added_later(tmp_path):
     assert not tbl._matches(result, {"model": "MF", "learning_rate": 0.01}, 3000)
     assert tbl._matches(result, {"model": "MF", "load_in_4bit": False, "ddp_backend": None}, 3000)
     assert not tbl._matches(result, {"model": "MF", "load_in_4bit": True}, 3000)
+
+
+def test_reuse_only_builds_from_finished_runs_and_marks_missing_seeds(tiny_root, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    common = ["--dataset=tiny", f"--data_path={tiny_root}", "--epochs=1"]
+    assert tbl.main([*common, "--models=MF", f"--out={runs}"]) == 0  # MF, seed 2020 only
+    monkeypatch.setattr(tbl, "launch", lambda *a, **k: pytest.fail("--reuse_only launched a run"))
+    out = tmp_path / "tables"
+    args = [*common, "--models=MF,Other=MF:learning_rate=0.5", "--seeds=2", "--reuse_only", f"--runs={runs}",
+            f"--out={out}"]
+    capsys.readouterr()
+    assert tbl.main(args) == 0
+    assert "3 of 4 runs missing" in capsys.readouterr().out
+    csv = pd.read_csv(out / "tiny" / "table_main.csv")
+    assert list(csv.seeds) == [1, 0] and math.isnan(csv.auc_mean[1]) and not math.isnan(csv.auc_mean[0])
+    text = (out / "tiny" / "table_main.md").read_text()
+    assert "| MF (1 of 2 seeds) |" in text and "| Other (0 of 2 seeds) | n/a | n/a |" in text
+    assert tbl.main([*common, "--models=Other=MF:learning_rate=0.5", "--reuse_only", f"--runs={runs}",
+                     f"--out={out}"]) == 2  # nothing finished: a usage error, not an empty table
