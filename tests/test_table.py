@@ -42,6 +42,7 @@ def test_table_runs_reuses_and_recomputes(tiny_root, tmp_path, capsys, monkeypat
     assert tbl.main(args) == 0
     csv = pd.read_csv(out / "tiny" / "table_main.csv")
     assert list(csv.label) == ["MF", "Slow MF"] and list(csv.seeds) == [2, 2]
+    assert csv.rel_imp.isna().all()  # no HistLLM row: nothing to improve on
     runs = sorted((out / "tiny").glob("*/seed*/test_predictions.csv"))
     assert len(runs) == 4
     # the table's numbers are the mean over seeds of sklearn on each run's predictions
