@@ -267,8 +267,10 @@ def plot_history(table: pd.DataFrame, path: Path, dataset: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for label, block in table.groupby("label", sort=False):
+        block = block[block.auc_mean.notna()]  # lengths without a finished run (--reuse_only) are skipped
         n = block.column.astype(int)
         ax.errorbar(n, block.auc_mean, yerr=block.auc_std.fillna(0), marker="o", capsize=3, label=label)
+    ax.set_xticks(sorted({int(c) for c in table.column}))
     ax.set_xlabel("history length n (items in the prompt / encoded by UHEM)")
     ax.set_ylabel("test AUC")
     ax.set_title(f"Test AUC against history length ({dataset})")
