@@ -10,14 +10,17 @@ from recbole_histllm.llm import (
     TALLREC_IMAGE,
     PromptBuilder,
     PromptSample,
+    answer_logits,
     apply_lora,
     autocast,
     count_parameters,
     enable_gradient_checkpointing,
+    final_hidden_state,
     freeze_lora,
     load_partial_state_dict,
     load_tokenizer,
     lora_state_dict,
+    position_ids_from_mask,
     score_batch,
     tiny_llm,
     trainable_state_dict,
@@ -132,3 +135,46 @@ def test_autocast_and_checkpointing(tok):
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
     with autocast("cpu", enabled=False):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_answer_logits_exact_under_bf16_autocast(tok):
+    """Yes/No logits of ~14 (a real backbone's size): the float32 readout keeps every row's score
+    distinct and equals an fp32 head over the same hidden state; the LM head's bf16 output ties."""
+    model = tiny_llm(tok, seed=5)
+    b = PromptBuilder(tok, TALLREC)
+    ans = b.answer_tokens
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():  # large, nearly equal Yes/No rows: logits ~14, gap ~0.1 (as SmolLM2's)
+        gen = torch.Generator().manual_seed(0)
+        common = torch.randn(head.shape[1], generator=gen)
+        head[ans.yes] = common * 4 + 0.02 * torch.randn(head.shape[1], generator=gen)
+        head[ans.no] = common * 4 + 0.02 * torch.randn(head.shape[1], generator=gen)
+    rows = [_sample(i % 7, f"Movie number {i}") for i in range(48)]
+    batch = b(rows)
+    with torch.no_grad(), autocast("cpu"):
+        hidden = final_hidden_state(model, batch.attention_mask, input_ids=batch.input_ids)
+        exact = answer_logits(model, hidden, ans)
+        lm_head = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1]
+    old = lm_head[:, [ans.yes, ans.no]].float()  # the readout before: the LM head's bf16 output
+    assert exact.dtype == torch.float32 and exact.abs().mean() > 8
+    reference = hidden.float() @ head[[ans.yes, ans.no]].float().T
+    assert torch.allclose(exact, reference, atol=1e-5, rtol=0)
+    gap = exact[:, 0] - exact[:, 1]
+    assert len(torch.unique(gap)) == len(rows)
+    assert len(torch.unique(old[:, 0] - old[:, 1])) < len(rows) // 2
+    # score_batch (every model's path) uses the exact readout
+    with torch.no_grad(), autocast("cpu"):
+        assert torch.equal(score_batch(model, batch, ans), exact)
+
+
+def test_final_hidden_state_is_the_normed_state_the_head_reads(tok):
+    model = tiny_llm(tok, seed=2)
+    b = PromptBuilder(tok, TALLREC)
+    batch = b([_sample(3, "Heat"), _sample(0, "Alien")])
+    with torch.no_grad():
+        hidden = final_hidden_state(model, batch.attention_mask, input_ids=batch.input_ids)
+        positions = position_ids_from_mask(batch.attention_mask)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=positions).logits[:, -1]
+        ans = b.answer_tokens
+        assert torch.allclose(answer_logits(model, hidden, ans), logits[:, [ans.yes, ans.no]], atol=1e-5)

@@ -52,7 +52,9 @@ from .prompt import (
     resolve_answer_tokens,
 )
 from .scoring import (
+    answer_logits,
     build_inputs_embeds,
+    final_hidden_state,
     input_embeddings,
     last_token_logits,
     position_ids_from_mask,
@@ -91,6 +93,7 @@ __all__ = [
     "PromptTemplate",
     "QuantizationUnavailableError",
     "SlotIndex",
+    "answer_logits",
     "apply_lora",
     "autocast",
     "bf16_supported",
@@ -99,6 +102,7 @@ __all__ = [
     "default_cache_root",
     "dequantize_default",
     "enable_gradient_checkpointing",
+    "final_hidden_state",
     "encode_item_texts",
     "find_default_gguf",
     "for_domain",
