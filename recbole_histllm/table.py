@@ -1,9 +1,9 @@
 r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4; Fig. 2 and 4).
 
-    python -m recbole_histllm.table --dataset=movie --seeds=3 \
+    python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--out=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--reuse_only] [--any_config_key=value ...]
+        [--dry_run] [--reuse_only] [--export_runs=DIR] [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
@@ -15,6 +15,18 @@ stages resume from their checkpoints). Keys given on the command line are passed
 ``--dry_run`` lists what would run; ``--reuse_only`` builds the table from the finished runs alone
 (a row or seed without one is reported, not run; rows with fewer seeds than asked are marked).
 
+Shared stages: the LLM models train the same stage 0 (MF, or BinLLM's HashMF) and the same stage 1
+(LoRA on the text-only TALLRec prompt) for a dataset and seed. Before launching an LLM run the runner
+looks for a finished run of ANY LLM model (in ``<out>/<dataset>`` or under ``--runs``) whose stage-0 /
+stage-1 config (:func:`stage_config`) equals the new run's, and passes its checkpoint
+(``mf_checkpoint`` / ``hash_checkpoint``, ``lora_checkpoint``), so within a seed the first run trains
+a shared stage and later runs load it; it prints what it shared. Such checkpoint paths do not count as
+a config difference when a finished run is matched for reuse (:func:`_matches`).
+
+``--export_runs=DIR`` copies every run the table used, compactly, as
+``DIR/<dataset>/<label>-<hash>/seed<k>/{result.json,test_predictions.csv.gz}`` (:func:`export_runs`);
+``--runs=DIR --reuse_only`` rebuilds the table from such a copy (e.g. ``docs/results/runs`` of a clone).
+
 Metrics are recomputed from each run's ``test_predictions.csv`` (sklearn AUC; UAUC as the
 evaluator) on the rows that every run of the table scored, so runs tested on a ``test_rows`` subset
 and runs tested on the whole split compare on the same rows. Outputs: ``table_<kind>.md`` (paper
@@ -25,9 +37,13 @@ also writes ``history.png`` (test AUC against n).
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -69,6 +85,161 @@ DEFAULT_ROWS = {
 VOLATILE_KEYS = {"checkpoint_dir", "show_progress", "test_rows", "eval_batch_size", "data_path", "gpu_id",
                  "use_gpu", "device", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
                  "state", "log_wandb", "wandb_project", "worker"}
+
+
+# ---- shared stages ----------------------------------------------------------------------------------
+#: Keys that fix the data every stage trains and early-stops on: the dataset, the seed, the split and the
+#: sampling, plus RecBole's own dataset arguments (field names, load_col, filters, alias_of_*...; added
+#: in :func:`_data_keys`).
+DATA_KEYS = ("dataset", "seed", "reproducibility", "eval_args", "repeatable", "shuffle", "train_neg_sample_args",
+             "valid_neg_sample_args", "HISTORY_FIELD", "numerical_features", "discretization")
+#: Stage 0 (RecBole's Trainer on MF / HashMF, ``LLMTrainer._stage0``): besides the data keys and every
+#: ``mf_*`` key (embedding size, lr, reg, epochs, patience), what that trainer reads from the config.
+STAGE0_KEYS = ("train_batch_size", "learner", "eval_step", "valid_metric", "valid_metric_bigger", "clip_grad_norm",
+               "enable_amp", "enable_scaler")
+#: Stage 1 (``LLMTrainer._run_stage(1)``, LoRA on the text-only prompt) depends on EVERY config key but these
+#: (nor ``mf_*``, nor ``stage<k>_*`` for k != 1): a key added later counts until it is listed here, so a
+#: stage is never shared across a difference that matters. Left out: the checkpoint keys; stage 0 and
+#: RecBole's own training loop (unused by the LLM stages); what only stage 2 or other models read (mapping
+#: modules, UHEM, switches the TALLRec prompt does not read: it shows titles, which ``use_knowledge`` does not
+#: change; ``use_knowledge`` counts for TALLRec_desc's descriptions); speed and memory options with the same
+#: results; evaluation and bookkeeping.
+STAGE1_IGNORED = frozenset({
+    "model", "lora_checkpoint", "mf_checkpoint", "hash_checkpoint",
+    "binllm_bits", "binllm_code_format", "embedding_size", "reg_weight", "init_std", "train_batch_size", "epochs",
+    "learning_rate", "learner", "eval_step", "valid_metric", "valid_metric_bigger", "enable_amp", "enable_scaler",
+    "history_encoder", "uhem_layers", "uhem_heads", "desc_max_tokens", "mapping_hidden", "mapping_layers",
+    "token_scale", "module_learning_rate", "use_visual", "use_collaborative", "use_knowledge", "tallrec_desc",
+    "vlm_path", "poster_dir",
+    "gradient_checkpointing", "prefix_cache", "ddp_backend", "llm_cache_dir",
+    "metrics", "topk", "metric_decimal_place", "loss_decimal_place", "test_neg_sample_args", "save_dataset",
+    "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
+}) | frozenset(VOLATILE_KEYS)
+#: Stage 0's collaborative model per LLM model (``collaborative_model()``; HistLLM's only with CIA on).
+STAGE0_MODELS = {"HistLLM": "MF", "CoLLM": "MF", "CoLLM-image": "MF", "BinLLM": "HashMF", "BinLLM-image": "HashMF"}
+#: The config key that gives a finished stage-0 checkpoint, per collaborative model.
+STAGE0_CHECKPOINT_KEYS = {"MF": "mf_checkpoint", "HashMF": "hash_checkpoint"}
+#: Models whose stage 1 trains LoRA alone on the text-only TALLRec prompt (Fig. 6; TALLRec_desc: Fig. 8).
+#: Not TALLRec-image (its one stage holds image tokens and trains VMA with LoRA) nor ZeroShot (no stage).
+STAGE1_MODELS = ("HistLLM", "TALLRec", "CoLLM", "CoLLM-image", "BinLLM", "BinLLM-image")
+LORA_CHECKPOINT_KEY = "lora_checkpoint"
+#: checkpoint key -> the stage it skips
+SHARED_CHECKPOINT_KEYS = {"mf_checkpoint": 0, "hash_checkpoint": 0, LORA_CHECKPOINT_KEY: 1}
+
+
+@functools.lru_cache(maxsize=1)
+def _data_keys() -> tuple[str, ...]:
+    from recbole.utils import argument_list
+
+    return tuple(dict.fromkeys(DATA_KEYS + tuple(argument_list.dataset_arguments)))
+
+
+def _domain(value: Any) -> str:
+    """``prompt_domain`` as :func:`recbole_histllm.llm.for_domain` tells the wordings apart."""
+    d = str(value or "movie").lower()
+    return "news" if d in ("news", "mind") else d if d not in ("movies", "netflix", "ml-100k", "ml-1m") else "movie"
+
+
+def stage0_model(model: str, config: dict[str, Any]) -> str | None:
+    """The collaborative model stage 0 trains for ``model`` (MF / HashMF), None without a stage 0."""
+    if model == "HistLLM" and not config.get("use_collaborative", True):
+        return None
+    return STAGE0_MODELS.get(model)
+
+
+def stage_config(model: str, config: dict[str, Any], stage: int) -> str | None:
+    """What decides stage ``stage`` (0: MF / HashMF, 1: LoRA on the text prompt) of a run of ``model`` with
+    (JSON-normalised) ``config``, as canonical JSON; None where the model has no such shareable stage.
+    Unset, null and false values are left out, so a key added after a run was recorded matches its off value;
+    ``prompt_domain`` counts as the wording it selects."""
+    if stage == 0:
+        kind = stage0_model(model, config)
+        if kind is None:
+            return None
+        keys = [*_data_keys(), *STAGE0_KEYS, *(k for k in config if k.startswith("mf_") and k != "mf_checkpoint")]
+        keys += ["binllm_bits"] if kind == "HashMF" else []
+        spec: dict[str, Any] = {"stage0_model": kind}
+    else:
+        if model not in STAGE1_MODELS:
+            return None
+        desc = model == "TALLRec" and bool(config.get("tallrec_desc"))
+        keys = [k for k in config if k not in STAGE1_IGNORED and k != "prompt_domain" and not k.startswith("mf_")
+                and not (re.match(r"stage\d+_", k) and not k.startswith("stage1_"))]
+        keys += ["use_knowledge"] if desc else []
+        spec = {"stage1_prompt": ("tallrec_desc" if desc else "tallrec", _domain(config.get("prompt_domain")))}
+    spec.update({k: config[k] for k in keys if config.get(k) is not None and config.get(k) is not False})
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_result(path: str, stamp: int) -> dict[str, Any] | None:
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A ``result.json`` (parsed once per version of the file), None when unreadable."""
+    try:
+        return _read_result(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+def stage_checkpoint(run: Path, result: dict[str, Any], stage: int) -> Path | None:
+    """The finished stage-``stage`` checkpoint of a finished run: its own file, else the one it recorded
+    (a run that was given it); None when the run has no such stage or the file is gone."""
+    summary = (result.get("stages") or {}).get(f"stage{stage}")
+    if not isinstance(summary, dict):
+        return None
+    model = result.get("model") or result.get("config", {}).get("model")
+    name = f"{summary.get('model') or stage0_model(model, result.get('config', {}))}-stage0.pth" if stage == 0 \
+        else f"{model}-stage1.pth"
+    candidates = [run / name] + ([Path(summary["checkpoint"])] if summary.get("checkpoint") else [])
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@dataclass
+class SharedStages:
+    """Finished stages of LLM runs, by stage and stage config: ``{stage: {stage_config: (checkpoint, run)}}``."""
+
+    found: dict[int, dict[str, tuple[Path, Path]]] = field(default_factory=lambda: {0: {}, 1: {}})
+
+    def add(self, run: Path) -> None:
+        result = read_result(run / "result.json")
+        if result is None or predictions_file(run) is None:
+            return
+        config, model = result.get("config") or {}, result.get("model") or result.get("config", {}).get("model")
+        for stage in (0, 1):
+            key = stage_config(str(model), config, stage)
+            checkpoint = stage_checkpoint(run, result, stage) if key else None
+            if checkpoint is not None:
+                self.found[stage].setdefault(key, (checkpoint, run))
+
+    @classmethod
+    def scan(cls, roots: list[Path]) -> SharedStages:
+        shared = cls()
+        for root in roots:
+            for path in sorted(root.rglob("result.json")) if root.is_dir() else []:
+                shared.add(path.parent)
+        return shared
+
+    def for_run(self, model: str, expected: dict[str, Any]) -> dict[str, tuple[Path, Path]]:
+        """``{checkpoint key: (checkpoint, run)}`` to pass to a new run of ``model`` with config ``expected``
+        (keys the row sets itself are left alone; a key the property files do not define is not passed, as
+        the CLI would refuse it)."""
+        given = {}
+        for stage in (0, 1):
+            key = stage_config(model, expected, stage)
+            hit = self.found[stage].get(key) if key else None
+            if hit is None:
+                continue
+            name = STAGE0_CHECKPOINT_KEYS[stage0_model(model, expected)] if stage == 0 else LORA_CHECKPOINT_KEY
+            if name in expected and expected[name] is None:
+                given[name] = hit
+        return given
 
 
 @dataclass
@@ -135,32 +306,53 @@ def expected_config(row: Row, dataset: str, seed: int, extra: dict[str, Any]) ->
     return {k: v for k, v in _jsonable(config.final_config_dict).items() if k not in VOLATILE_KEYS}
 
 
+def _given_stage_fits(recorded: dict[str, Any], key: str) -> bool:
+    """A run given a finished stage (``recorded[key]``: a checkpoint path) computed what training that stage
+    itself would have, when the checkpoint's run has the same stage config. The runner passes only such
+    checkpoints; where the checkpoint's run is not at hand (a copied or exported run) the run is trusted."""
+    producer = Path(str(recorded[key])).parent / "result.json"
+    result = read_result(producer) if producer.is_file() else None
+    if result is None:
+        return True
+    stage, model = SHARED_CHECKPOINT_KEYS[key], str(recorded.get("model"))
+    mine = stage_config(model, recorded, stage)
+    config = result.get("config") or {}
+    return mine is not None and mine == stage_config(str(result.get("model") or config.get("model")), config, stage)
+
+
 def _matches(result_file: Path, expected: dict[str, Any], test_rows: Any) -> bool:
-    try:
-        result = json.loads(result_file.read_text())
-    except (OSError, json.JSONDecodeError):
+    result = read_result(result_file)
+    if result is None:
         return False
     recorded = result.get("config", {})
-    # a key the run does not record came later than the run: it matches when asked for its "off" value
-    if any(recorded[k] != v if k in recorded else v not in (None, False) for k, v in expected.items()):
-        return False
+    for k, v in expected.items():
+        if k in SHARED_CHECKPOINT_KEYS and v is None and recorded.get(k):  # a shared stage (see build)
+            if not _given_stage_fits(recorded, k):
+                return False
+        # a key the run does not record came later than the run: it matches when asked for its "off" value
+        elif recorded[k] != v if k in recorded else v not in (None, False):
+            return False
     done = recorded.get("test_rows")
     # a whole-split run serves any subset; subsets are nested (one seeded user order), so does a larger one
     return done is None or (test_rows is not None and int(done) >= int(test_rows))
 
 
-def find_run(row: Row, dataset: str, seed: int, extra: dict[str, Any], own: Path, search: list[Path]) -> Path | None:
+def find_run(row: Row, dataset: str, seed: int, extra: dict[str, Any], own: Path, search: list[Path],
+             expected: dict[str, Any] | None = None) -> Path | None:
     """A finished run of this row: in its own folder, else any ``result.json`` under ``search``."""
-    expected = expected_config(row, dataset, seed, extra)
+    expected = expected_config(row, dataset, seed, extra) if expected is None else expected
     candidates = [own / "result.json"] + [p for root in search for p in sorted(root.rglob("result.json"))]
-    return next((p.parent for p in candidates if p.is_file() and _matches(p, expected, extra.get("test_rows"))),
-                None)
+    return next((p.parent for p in candidates if p.is_file() and predictions_file(p.parent) is not None
+                 and _matches(p, expected, extra.get("test_rows"))), None)
 
 
-def launch(row: Row, dataset: str, seed: int, extra: dict[str, Any], out: Path) -> None:
-    """One CLI run in ``out`` (resumes its stages after a kill); its log goes to ``out/run.log``."""
+def launch(row: Row, dataset: str, seed: int, extra: dict[str, Any], out: Path,
+           given: dict[str, Path] | None = None) -> None:
+    """One CLI run in ``out`` (resumes its stages after a kill); its log goes to ``out/run.log``. ``given``:
+    checkpoint keys (``mf_checkpoint``, ``hash_checkpoint``, ``lora_checkpoint``) of finished shared stages."""
     out.mkdir(parents=True, exist_ok=True)
-    args = {**extra, **row.overrides, "seed": seed, "show_progress": False}
+    args = {**extra, **row.overrides, **{k: str(v) for k, v in (given or {}).items()}, "seed": seed,
+            "show_progress": False}
     cmd = [sys.executable, "-m", "recbole_histllm.quick_start", f"--model={row.model}", f"--dataset={dataset}",
            f"--output_dir={out}"]
     cmd += [f"--{k}={'~' if v is None else v}" for k, v in args.items()]
@@ -172,9 +364,47 @@ def launch(row: Row, dataset: str, seed: int, extra: dict[str, Any], out: Path) 
 
 
 # ---- metrics --------------------------------------------------------------------------------------
+PREDICTIONS = ("test_predictions.csv", "test_predictions.csv.gz")
+
+
+def predictions_file(run: Path) -> Path | None:
+    """A run's test predictions: ``test_predictions.csv`` or (exported) ``test_predictions.csv.gz``."""
+    return next((run / name for name in PREDICTIONS if (run / name).is_file()), None)
+
+
 def read_predictions(run: Path) -> pd.DataFrame:
-    frame = pd.read_csv(run / "test_predictions.csv", dtype={"user_id": str, "item_id": str})
+    path = predictions_file(run)
+    if path is None:
+        raise FileNotFoundError(f"{run}: no {' or '.join(PREDICTIONS)}")
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str})  # gzip read by the suffix
     return frame.set_index(["user_id", "item_id"])
+
+
+def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str, extra: dict[str, Any],
+                dest: Path) -> list[Path]:
+    """Copy each run as ``dest/<dataset>/<label>-<hash>/seed<k>/`` with ``result.json`` and
+    ``test_predictions.csv.gz`` (gzip without a timestamp: a re-export of the same run is byte-identical);
+    ``--runs=dest --reuse_only`` rebuilds the table from them. Returns the run folders written."""
+    written = []
+    for (i, seed), run in sorted(runs.items()):
+        target = rows[i].run_dir(dest / dataset, extra) / f"seed{seed}"
+        source = predictions_file(run)
+        if source is None:
+            raise FileNotFoundError(f"{run}: no {' or '.join(PREDICTIONS)}")
+        written.append(target)
+        if target.resolve() == run.resolve():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "result.json", target / "result.json")
+        gz = target / "test_predictions.csv.gz"
+        if source.suffix == ".gz":
+            shutil.copyfile(source, gz)
+        else:
+            with open(source, "rb") as src, open(gz, "wb") as raw, \
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+                shutil.copyfileobj(src, out)
+        (target / "test_predictions.csv").unlink(missing_ok=True)  # a stale plain copy would be read first
+    return written
 
 
 def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
@@ -294,19 +524,39 @@ def expand(kind: str, rows: list[Row], llm_paths: list[str], history: list[int])
     return rows
 
 
+def launch_sharing(row: Row, dataset: str, seed: int, extra: dict[str, Any], own: Path,
+                   expected: dict[str, Any], shared: SharedStages) -> None:
+    """:func:`launch` with the checkpoints of the finished shared stages this run can take (printed), then
+    record the run's own stages for the runs after it."""
+    given = shared.for_run(row.model, expected)
+    for key, (checkpoint, _) in given.items():
+        stage = SHARED_CHECKPOINT_KEYS[key]
+        what = f"stage 0 ({stage0_model(row.model, expected)})" if stage == 0 else "stage 1 (LoRA)"
+        print(f"  shared {what}: {key}={checkpoint}", flush=True)
+    launch(row, dataset, seed, extra, own, {k: checkpoint for k, (checkpoint, _) in given.items()})
+    shared.add(own)
+
+
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
-          search: list[Path], dry_run: bool = False, reuse_only: bool = False) -> pd.DataFrame | None:
+          search: list[Path], dry_run: bool = False, reuse_only: bool = False,
+          export: Path | None = None) -> pd.DataFrame | None:
     """Find or run every (row, seed), score them on their common rows, write the table files.
 
     With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
+    Missing runs are launched seed by seed, in row order, each LLM run given the finished shared stages
+    (stage 0, stage 1) of any LLM run of its dataset and seed with the same stage config
+    (:class:`SharedStages`): a seed's first run trains them, the later ones load them.
+    ``export``: :func:`export_runs` of every run the table used.
     """
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
     missing = []
+    expected: dict[tuple[int, int], dict[str, Any]] = {}
     for i, row in enumerate(rows):
         for seed in seeds:
             own = row.run_dir(root, extra) / f"seed{seed}"
-            found = find_run(row, dataset, seed, extra, own, search)
+            expected[(i, seed)] = expected_config(row, dataset, seed, extra)
+            found = find_run(row, dataset, seed, extra, own, search, expected[(i, seed)])
             print(f"[{row.column + ' ' if row.column else ''}{row.label} seed {seed}] "
                   f"{'reused ' + str(found) if found else 'to run in ' + str(own)}", flush=True)
             if found:
@@ -320,9 +570,10 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
             print(f"--reuse_only: {len(missing)} of {len(rows) * len(seeds)} runs missing, left out", flush=True)
         if not runs:
             raise UsageError("--reuse_only: none of the table's runs has finished (see the list above)")
-    else:
-        for i, seed, own in missing:
-            launch(rows[i], dataset, seed, extra, own)
+    elif missing:
+        shared = SharedStages.scan([root, *search])
+        for i, seed, own in sorted(missing, key=lambda m: (m[1], m[0])):  # seed by seed: a kill keeps whole seeds
+            launch_sharing(rows[i], dataset, seed, extra, own, expected[(i, seed)], shared)
             runs[(i, seed)] = own
     scores, n_common, sizes = score_runs(runs)
     table = summarise(rows, seeds, scores)
@@ -341,7 +592,24 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
     if kind == "history":
         plot_history(table, root / "history.png", dataset)
+    if export is not None:
+        written = export_runs(runs, rows, dataset, extra, export)
+        print(f"exported {len(written)} runs (result.json, test_predictions.csv.gz) to {export / dataset}",
+              flush=True)
     return table
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds=N`` (seeds 2020 .. 2020+N-1) or an explicit list ``--seeds=2021,2022``."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds={text}: expected a count (3) or a list of seeds (2020,2021)") from None
+    if len(values) == 1 and "," not in str(text):
+        if values[0] < 1:
+            raise UsageError(f"--seeds={text}: the count must be >= 1")
+        return list(range(2020, 2020 + values[0]))
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,17 +628,20 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in DEFAULT_ROWS:
             raise UsageError(f"--table={kind}: expected one of {', '.join(DEFAULT_ROWS)}")
         rows = parse_rows(args.pop("models", DEFAULT_ROWS[kind]))
-        seeds = list(range(2020, 2020 + int(args.pop("seeds", "1"))))
+        seeds = parse_seeds(args.pop("seeds", "1"))
         llm_paths = [p for p in args.pop("llm_paths", "").split(",") if p]
         history = [int(n) for n in args.pop("history", "1,3,5,10,20").split(",") if n]
         out = Path(args.pop("out", "saved/tables"))
         search = [Path(p) for p in args.pop("runs", "").split(",") if p]
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
+        export = args.pop("export_runs", None)
+        if export is not None and export in ("True", "None", ""):
+            raise UsageError("--export_runs needs a folder: --export_runs=DIR")
         args.pop("debug", None)
         extra = {k: _value(v) for k, v in args.items()}
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
-                      reuse_only)
+                      reuse_only, Path(export) if export is not None else None)
     except (UsageError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

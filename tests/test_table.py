@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -118,3 +119,162 @@ def test_reuse_only_builds_from_finished_runs_and_marks_missing_seeds(tiny_root,
     assert "| MF (1 of 2 seeds) |" in text and "| Other (0 of 2 seeds) | n/a | n/a |" in text
     assert tbl.main([*common, "--models=Other=MF:learning_rate=0.5", "--reuse_only", f"--runs={runs}",
                      f"--out={out}"]) == 2  # nothing finished: a usage error, not an empty table
+
+
+# ---- shared stages and exported runs (fake runs: no training) ------------------------------------------
+def _fake_launcher(calls: list):
+    """A ``launch`` that records what it was given and writes a finished run as the CLI would: result.json
+    (config, stages with their checkpoints), the stage files it trained itself, and test predictions."""
+    import zlib
+
+    import numpy as np
+
+    def fake(row, dataset, seed, extra, out, given=None):
+        given = {k: str(v) for k, v in (given or {}).items()}
+        calls.append((row.label, seed, given))
+        out.mkdir(parents=True, exist_ok=True)
+        config = {**tbl.expected_config(row, dataset, seed, extra), **given, "checkpoint_dir": str(out)}
+        stages = {}
+        kind = tbl.stage0_model(row.model, config)
+        if kind is not None:
+            key = tbl.STAGE0_CHECKPOINT_KEYS[kind]
+            checkpoint = given.get(key) or str(out / f"{kind}-stage0.pth")
+            if key not in given:
+                (out / f"{kind}-stage0.pth").write_bytes(b"stage 0")
+            stages["stage0"] = {"model": kind, "checkpoint": checkpoint,
+                                "source": "given" if key in given else "trained"}
+        if row.model in (*tbl.STAGE1_MODELS, "TALLRec-image"):
+            checkpoint = given.get("lora_checkpoint") or str(out / f"{row.model}-stage1.pth")
+            if "lora_checkpoint" not in given:
+                (out / f"{row.model}-stage1.pth").write_bytes(b"stage 1")
+            stages["stage1"] = {"checkpoint": checkpoint,
+                                "source": "given" if "lora_checkpoint" in given else "trained"}
+        result = {"model": row.model, "dataset": dataset, "seed": seed, "stages": stages, "config": config}
+        (out / "result.json").write_text(json.dumps(result))
+        rng = np.random.default_rng(zlib.crc32(f"{row.label}/{seed}".encode()))
+        users = np.repeat([f"u{u}" for u in range(12)], 4)
+        pd.DataFrame({"user_id": users, "item_id": [f"i{j}" for j in range(len(users))],
+                      "label": np.tile([1, 0, 1, 0], 12), "score": rng.random(len(users))}).to_csv(
+            out / "test_predictions.csv", index=False)
+
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def _lora_checkpoint_key(monkeypatch):
+    """``lora_checkpoint`` as the trainer's property files define it (``~``), whether or not they do yet."""
+    real = tbl.expected_config
+
+    def expected_config(row, *args):
+        config = real(row, *args)
+        if row.model in tbl.STAGE1_MODELS or row.model == "TALLRec-image":
+            config.setdefault("lora_checkpoint", None)
+        return config
+
+    monkeypatch.setattr(tbl, "expected_config", expected_config)
+
+
+def _run_dir(out, label, seed):
+    slug = "".join(c if c.isalnum() or c in "-_()" else "_" for c in label)
+    return next((out / "tiny").glob(f"{slug}-*/seed{seed}"))
+
+
+def test_llm_rows_of_a_seed_share_their_finished_stages(tiny_root, tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
+    out = tmp_path / "tables"
+    args = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", f"--out={out}",
+            "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]
+    assert tbl.main(args) == 0
+    given = {(label, seed): g for label, seed, g in calls}
+    assert len(calls) == 12 and given[("HistLLM", 2020)] == {} and given[("HistLLM", 2021)] == {}
+    for seed in (2020, 2021):  # each seed reuses its own seed's stages, never the other's
+        first = _run_dir(out, "HistLLM", seed)
+        both = {"mf_checkpoint": str(first / "MF-stage0.pth"), "lora_checkpoint": str(first / "HistLLM-stage1.pth")}
+        assert given[("CoLLM", seed)] == both
+        assert given[("w/o KE", seed)] == both  # the stage-1 prompt shows titles: KE does not change it
+        # another LoRA rank: its own stage 1, the shared MF
+        assert given[("Big LoRA", seed)] == {"mf_checkpoint": both["mf_checkpoint"]}
+        # BinLLM's stage 0 is HashMF (another model): only the LoRA stage is shared
+        assert given[("BinLLM", seed)] == {"lora_checkpoint": both["lora_checkpoint"]}
+        assert given[("TALLRec-image", seed)] == {}  # its one stage holds image tokens: nothing shared
+    text = capsys.readouterr().out
+    assert text.count("shared stage 1 (LoRA)") == 6 and text.count("shared stage 0 (MF)") == 6
+    # a rerun finds every finished run although runs were given other runs' checkpoints
+    monkeypatch.setattr(tbl, "launch", lambda *a, **k: pytest.fail("a finished run was launched again"))
+    assert tbl.main(args) == 0
+    assert capsys.readouterr().out.count("reused") == 12
+
+
+def test_a_given_stage_counts_only_with_the_same_stage_config(tiny_root, tmp_path, monkeypatch):
+    """Reuse: a checkpoint key set by the runner is no config difference when the checkpoint's run has the
+    same stage config (or is not at hand); a stage taken from a run with another stage config is."""
+    calls: list = []
+    monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
+    out, common = tmp_path / "tables", ["--dataset=tiny", f"--data_path={tiny_root}"]
+    assert tbl.main([*common, f"--out={out}", "--models=HistLLM,CoLLM"]) == 0
+    collm = _run_dir(out, "CoLLM", 2020) / "result.json"
+    expected = tbl.expected_config(tbl.Row("CoLLM", "CoLLM"), "tiny", 2020, {"data_path": str(tiny_root)})
+    assert tbl._matches(collm, expected, None)
+    assert tbl._matches(collm, {**expected, "lora_checkpoint": None}, None)  # once the key has a default
+    assert not tbl._matches(collm, {**expected, "mf_checkpoint": "/elsewhere/MF-stage0.pth"}, None)  # asked for
+    producer = _run_dir(out, "HistLLM", 2020) / "result.json"
+    result = json.loads(producer.read_text())
+    result["config"]["mf_epochs"] = 3  # the MF it was given came from another stage-0 config
+    producer.write_text(json.dumps(result))
+    assert not tbl._matches(collm, expected, None)
+    producer.unlink()  # not at hand (copied or exported runs): trusted
+    assert tbl._matches(collm, expected, None)
+    # a producer is found only with the same stage config (another seed, dataset or LoRA: none)
+    shared = tbl.SharedStages.scan([out])
+    assert set(shared.for_run("CoLLM", expected)) == {"mf_checkpoint", "lora_checkpoint"}
+    without = {k: v for k, v in expected.items() if k != "lora_checkpoint"}  # a trainer without the key
+    assert set(shared.for_run("CoLLM", without)) == {"mf_checkpoint"}
+    assert shared.for_run("CoLLM", {**expected, "seed": 2021}) == {}
+    assert set(shared.for_run("CoLLM", {**expected, "lora_r": 4})) == {"mf_checkpoint"}
+    assert set(shared.for_run("CoLLM", {**expected, "mf_epochs": 4})) == {"lora_checkpoint"}
+    assert set(shared.for_run("TALLRec", expected)) == {"lora_checkpoint"}  # TALLRec: no stage 0
+    assert shared.for_run("TALLRec", {**expected, "tallrec_desc": True}) == {}  # Fig. 8: another prompt
+
+
+def test_exported_runs_rebuild_the_table_with_reuse_only(tiny_root, tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
+    out, exported = tmp_path / "tables", tmp_path / "repo" / "runs"
+    common = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", "--models=MF,HistLLM,CoLLM"]
+    assert tbl.main([*common, f"--out={out}", f"--export_runs={exported}"]) == 0
+    before = pd.read_csv(out / "tiny" / "table_main.csv")
+    files = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    assert len(files) == 12 and all(f.startswith("tiny/") for f in files)
+    assert {f.rsplit("/", 1)[1] for f in files} == {"result.json", "test_predictions.csv.gz"}
+    gz = next(exported.rglob("test_predictions.csv.gz"))
+    assert gz.read_bytes()[:2] == b"\x1f\x8b"
+    first = gz.read_bytes()
+    assert tbl.main([*common, "--reuse_only", f"--runs={out}", f"--out={tmp_path / 'again'}",
+                     f"--export_runs={exported}"]) == 0
+    assert gz.read_bytes() == first  # a re-export writes the same bytes (no gzip timestamp)
+    import shutil
+
+    shutil.rmtree(out)  # a fresh clone: only the exported runs, no checkpoints
+    monkeypatch.setattr(tbl, "launch", lambda *a, **k: pytest.fail("--reuse_only launched a run"))
+    rebuilt = tmp_path / "rebuilt"
+    assert tbl.main([*common, "--reuse_only", f"--runs={exported}", f"--out={rebuilt}"]) == 0
+    after = pd.read_csv(rebuilt / "tiny" / "table_main.csv")
+    pd.testing.assert_frame_equal(before, after)
+    assert tbl.read_predictions(gz.parent).shape == (48, 2)
+
+
+def test_export_runs_needs_a_folder(capsys):
+    assert tbl.main(["--dataset=tiny", "--export_runs"]) == 2
+    assert "--export_runs=DIR" in capsys.readouterr().err
+
+
+def test_seeds_as_count_or_list():
+    from recbole_histllm.table import parse_seeds
+
+    assert parse_seeds("3") == [2020, 2021, 2022]
+    assert parse_seeds("2021,2022") == [2021, 2022]
+    assert parse_seeds("2022,") == [2022]
+    for bad in ("0", "x", "1,b"):
+        with pytest.raises(UsageError):
+            parse_seeds(bad)
