@@ -2,6 +2,13 @@
 
     python -m recbole_histllm.bench --dataset=ml-100k [--llm_path=PATH|random:qwen2-1.5b] \
         [--history=1,5,10,20] [--rows=64] [--batch_size=8] [--device=cpu|cuda] [--out=DIR]
+    python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] ...
+
+``--speed``: the speed switches (``prefix_cache``, ``length_buckets``) off and then on, in one run on
+the same rows of one HistLLM: stage-1 training (LoRA on the TALLRec prompt), stage-2 training (LoRA
+frozen) and inference (stage 2 on test rows, the trainer's ``score_rows``) in rows/s, side by side
+with their ratios and the LLM tokens per row (padding included, the cached prefix excluded); writes
+``speed.csv``. The history sweep below is the default mode.
 
 For every history length n and both variants it measures, on the same rows: LLM input tokens
 per sample, stage-2 training samples/s (LoRA frozen, UHEM + mapping modules trained), inference
@@ -95,6 +102,84 @@ def measure(model, dataset, rows: torch.Tensor, batch_size: int, device: torch.d
     }
 
 
+SPEED_SWITCHES = ("prefix_cache", "length_buckets")
+
+
+def _llm_tokens(model, dataset, batches: list[torch.Tensor], prefix_runs: int) -> float:
+    """LLM input tokens per row over ``batches`` (each padded to its longest row) in the current stage;
+    with the prefix cache on, the shared prefix counts once per ``prefix_runs`` instead of once per row."""
+    total, rows = 0, 0
+    shared = len(model.builders[model.stage].prefix_ids) if prefix_runs >= 0 else 0
+    for b in batches:
+        lengths = model.prompt_lengths(dataset[b])
+        total += (int(lengths.max()) - shared) * len(b)
+        rows += len(b)
+    return (total + shared * max(prefix_runs, 0)) / max(rows, 1)
+
+
+def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: torch.device, seed: int = 0) -> list:
+    """rows/s of stage-1 training, stage-2 training and inference with the speed switches off, then on."""
+    from recbole_histllm.trainer.llm_trainer import LLMTrainer
+
+    gen = torch.Generator().manual_seed(seed)
+    train_rows = torch.randperm(len(train_ds), generator=gen)[:rows]
+    test_rows = np.sort(torch.randperm(len(test_ds), generator=gen)[:rows].numpy())
+    trainer = LLMTrainer(config, model)
+    eval_size = int(config["eval_batch_size"])
+    records = []
+
+    def train_phase(stage: int, on: bool) -> dict:
+        model.set_stage(stage)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        batches = trainer.train_batches(train_ds, train_rows, batch_size, stage, 0)
+        model.train()
+
+        def step(b):
+            model.calculate_loss(train_ds[b].to(device)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        step(batches[0][: max(1, batch_size // 2)])  # warm-up (allocator, kernels)
+        model.invalidate_prefix_cache()
+        _sync(device)
+        start = time.perf_counter()
+        for b in batches:
+            step(b)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        frozen = not any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+        runs = (1 if frozen else len(batches)) if on else -1
+        return {"rows_per_s": len(train_rows) / seconds, "tokens_per_row": _llm_tokens(model, train_ds, batches, runs)}
+
+    def infer_phase(on: bool) -> dict:
+        model.set_stage(2)
+        trainer.score_rows(test_ds, test_rows[:2])  # warm-up
+        model.invalidate_prefix_cache()
+        _sync(device)
+        start = time.perf_counter()
+        trainer.score_rows(test_ds, test_rows)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        order = test_rows
+        if on:  # score_rows' order: longest first
+            order = test_rows[np.argsort(-model.row_lengths(test_ds, test_rows), kind="stable")]
+        batches = [torch.as_tensor(order[i : i + eval_size]) for i in range(0, len(order), eval_size)]
+        return {"rows_per_s": len(test_rows) / seconds, "tokens_per_row": _llm_tokens(model, test_ds, batches,
+                                                                                        1 if on else -1)}
+
+    phases = (("stage-1 training", lambda on: train_phase(1, on)), ("stage-2 training", lambda on: train_phase(2, on)),
+              ("inference (test)", infer_phase))
+    for phase, run in phases:
+        if phase.startswith("stage-1") and 1 not in model.training_stages():
+            continue
+        for on in (False, True):
+            for key in SPEED_SWITCHES:
+                config[key] = on
+            records.append({"phase": phase, "switches": "on" if on else "off", **run(on)})
+    return records
+
+
 def plot(records: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -132,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="weights dtype (bf16 autocast is on either way)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="saved/bench")
+    parser.add_argument("--speed", action="store_true",
+                        help="the speed switches (prefix_cache, length_buckets) off vs on, same rows, one run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    if args.speed:
+        return main_speed(args, device, out)
     histories = [int(n) for n in args.history.split(",")]
     base = {"data_path": args.data_path, "llm_path": args.llm_path, "llm_dtype": args.dtype,
             "use_gpu": device.type == "cuda", "show_progress": False, "state": "WARNING",
@@ -176,6 +265,46 @@ def main(argv: list[str] | None = None) -> int:
               f" {h['infer_samples_per_s'] / w['infer_samples_per_s']:5.2f}x |"
               f" {h['train_peak_gib']:6.2f}/{w['train_peak_gib']:6.2f}")
     print(f"written: {out / 'bench.csv'}, {out / 'bench.png'}")
+    return 0
+
+
+def main_speed(args, device: torch.device, out: Path) -> int:
+    """``--speed``: one HistLLM (the dataset's defaults), its switches off then on, printed side by side."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_histllm.config import Config
+    from recbole_histllm.model.histllm import HistLLM
+    from recbole_histllm.quick_start import ensure_dataset
+
+    overrides = {"data_path": args.data_path, "llm_path": args.llm_path, "llm_dtype": args.dtype,
+                 "use_gpu": device.type == "cuda", "show_progress": False, "state": "WARNING",
+                 "checkpoint_dir": str(out / "checkpoints")}
+    config = Config(model="HistLLM", dataset=args.dataset, config_dict=overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    ensure_dataset(config)
+    train, _, test = data_preparation(config, create_dataset(config))
+    model = HistLLM(config, train._dataset).to(config["device"])
+    records = speed(config, model, train._dataset, test._dataset, args.rows, args.batch_size, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    llm = args.llm_path or "SmolLM2-135M-Instruct"
+    with open(out / "speed.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["device", "llm", "dataset", "rows", "batch_size", *records[0]])
+        writer.writeheader()
+        for r in records:
+            writer.writerow({"device": name, "llm": llm, "dataset": args.dataset, "rows": args.rows,
+                             "batch_size": args.batch_size, **r})
+    autocast = "bf16 autocast" if config["bf16"] else "fp32"
+    print(f"\n{llm} on {name}, {args.dataset}, HistLLM history_len {config['history_len']}, training batch"
+          f" {args.batch_size}, eval batch {config['eval_batch_size']}, {args.rows} rows, {autocast};"
+          f" switches {' + '.join(SPEED_SWITCHES)} off -> on")
+    print(f"{'phase':<17} | {'rows/s off':>10} | {'rows/s on':>9} | {'on/off':>6} | {'LLM tokens/row off -> on':>24}")
+    for phase in dict.fromkeys(r["phase"] for r in records):
+        off, on = (next(r for r in records if r["phase"] == phase and r["switches"] == s) for s in ("off", "on"))
+        print(f"{phase:<17} | {off['rows_per_s']:10.2f} | {on['rows_per_s']:9.2f} |"
+              f" {on['rows_per_s'] / off['rows_per_s']:5.2f}x |"
+              f" {off['tokens_per_row']:10.1f} -> {on['tokens_per_row']:9.1f}")
+    print(f"written: {out / 'speed.csv'}")
     return 0
 
 

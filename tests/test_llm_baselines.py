@@ -185,7 +185,8 @@ def group_state(model) -> dict[str, dict[str, torch.Tensor]]:
     groups = {"lora": {k: v.detach().clone() for k, v in model.llm.named_parameters() if "lora_" in k}}
     for name, module in model.trainable_modules().items():
         if module is not None:
-            groups[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            # parameters only: input statistics (buffers) are set from MF when stage 0 loads it
+            groups[name] = {k: v.detach().clone() for k, v in module.named_parameters()}
     return {k: v for k, v in groups.items() if v}
 
 

@@ -45,8 +45,9 @@ def attention_calls_in_a_training_step(model, train) -> int:
 
 
 def test_gradient_checkpointing_recomputes_the_backbone_in_backward(tiny_root, tmp_path):
-    _, plain, train, _ = build(tiny_root, tmp_path)
-    _, checkpointed, _, _ = build(tiny_root, tmp_path, gradient_checkpointing=True)
+    # prefix_cache off: its per-batch prefix pass would be a second attention call of its own
+    _, plain, train, _ = build(tiny_root, tmp_path, prefix_cache=False)
+    _, checkpointed, _, _ = build(tiny_root, tmp_path, gradient_checkpointing=True, prefix_cache=False)
     assert not plain.llm.get_base_model().is_gradient_checkpointing
     assert checkpointed.llm.get_base_model().is_gradient_checkpointing
     assert attention_calls_in_a_training_step(plain, train) == 1
@@ -72,7 +73,8 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_root, tmp_path):
     weights = []
     for batch, steps in ((8, 1), (4, 2)):
         config, model, train, valid = build(tiny_root, tmp_path / f"b{batch}", stage1_batch_size=batch,
-                                            gradient_accumulation_steps=steps, stage1_train_rows=16)
+                                            gradient_accumulation_steps=steps, stage1_train_rows=16,
+                                            length_buckets=False)  # the same 8 rows in both runs
         trainer = LLMTrainer(config, model)
         trainer._run_stage(1, train._dataset, valid._dataset, trainer._valid_rows(valid._dataset), False)
         weights.append({k: v for k, v in model.checkpoint_state().items() if "lora_" in k})

@@ -112,6 +112,7 @@ class PromptBatch:
     history_kept: torch.Tensor
     truncated: torch.Tensor
     overflow: torch.Tensor
+    prefix_len: int = 0  # every row starts with the builder's first prefix_len prefix_ids (0: none shared)
 
     def to(self, device: torch.device | str) -> PromptBatch:
         return replace(
@@ -119,6 +120,26 @@ class PromptBatch:
             input_ids=self.input_ids.to(device),
             attention_mask=self.attention_mask.to(device),
             slots={k: v.to(device) for k, v in self.slots.items()},
+        )
+
+    def without_prefix(self, n: int) -> PromptBatch:
+        """The batch with every row's first ``n`` real tokens (the shared prefix) cut out, still left
+        padded; slot positions move with their tokens. Score it after the prefix's key/value states."""
+        if n <= 0:
+            return self
+        if n > self.prefix_len:
+            raise ValueError(f"only {self.prefix_len} leading tokens are shared by every row, not {n}")
+        width = self.input_ids.shape[1]
+        offset = width - self.attention_mask.sum(1)  # left padding per row
+        col = torch.arange(width - n, device=self.input_ids.device)[None, :]
+        src = col + n * (col >= offset[:, None])  # pads stay, real tokens shift left by n
+        return replace(
+            self,
+            input_ids=self.input_ids.gather(1, src),
+            attention_mask=self.attention_mask.gather(1, src),
+            slots={k: replace(v, pos=v.pos - n) for k, v in self.slots.items()},
+            lengths=self.lengths - n,
+            prefix_len=0,
         )
 
 
@@ -271,6 +292,7 @@ class PromptBuilder:
         self.answer_tokens = resolve_answer_tokens(tokenizer, self._tail)
         self.filler_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._anchor = self._detect_anchor()
+        self.prefix_ids = self._fixed_prefix()
         self.stats: dict[str, int] = {"rows": 0, "truncated_rows": 0, "dropped_items": 0, "overflow_rows": 0}
 
     # ---- tokenization of text runs ------------------------------------------------------------
@@ -283,6 +305,23 @@ class PromptBuilder:
         if b[: len(a)] == a and enc("x", add_special_tokens=False) != b[len(a) :]:
             return a
         return None
+
+    def _fixed_prefix(self) -> list[int]:
+        """Token ids every row of this template starts with: the head (``question_prefix`` or the chat
+        template's opening) and the instruction's text before its first placeholder, known from the
+        template alone. When a text placeholder follows (``<HistoryList>``: "movies: " + '"Heat"'),
+        the last token is left out, since a tokenizer may merge it with the row's text; rows are still
+        checked against these ids in :meth:`__call__` (``PromptBatch.prefix_len``)."""
+        text, ends_at_slot = self._head, False
+        for is_ph, v in self._main:
+            if is_ph:
+                ends_at_slot = v in self.template.slots
+                break
+            text += v
+        if not text:  # no text before the first slot: nothing shared (an empty run adds no tokens)
+            return []
+        ids = self._encode_run(text, first=True)
+        return ids if ends_at_slot else ids[:-1]
 
     def _encode_run(self, text: str, first: bool) -> list[int]:
         if first:
@@ -375,6 +414,8 @@ class PromptBuilder:
             dropped.append(first)
             overflow.append(over)
             lengths.append(len(ids))
+        prefix = self.prefix_ids
+        shared = len(prefix) if rows and all(r[0][: len(prefix)] == prefix for r in rows) else 0
         self.stats["rows"] += bsz
         self.stats["truncated_rows"] += sum(1 for d in dropped if d > 0)
         self.stats["dropped_items"] += sum(dropped)
@@ -399,6 +440,7 @@ class PromptBuilder:
             history_kept=torch.tensor(kept, dtype=torch.long),
             truncated=torch.tensor(dropped, dtype=torch.long),
             overflow=torch.tensor(overflow, dtype=torch.bool),
+            prefix_len=shared,
         )
 
     def reset_stats(self) -> dict[str, int]:

@@ -7,6 +7,10 @@ batch needs (the other rows of the batch).
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,26 +151,132 @@ def yes_no_bce(logits_yes_no: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy_with_logits(gap, labels.float())
 
 
+# ---- prefix key/value cache ---------------------------------------------------------------------
+@dataclass
+class PrefixKV:
+    """Key/value states of a prompt prefix shared by every row, batch size 1: ``layers[i] = (keys,
+    values)`` of shape ``(1, heads, length, head_dim)``; with autograd history when LoRA trains."""
+
+    length: int
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_argument(model: nn.Module) -> str | None:
+    """Name of the forward argument that takes a Cache (``cache`` from transformers 5.x, earlier
+    ``past_key_values``); None when the model takes neither."""
+    params = inspect.signature(_base_model(model).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def prefix_cache_supported(model: nn.Module) -> bool:
+    """Whether :func:`score_batch` can run ``model`` after cached prefix states: a decoder whose
+    forward takes a transformers ``DynamicCache``, every layer full attention (a sliding window
+    would see another context), no activation checkpointing while gradients are on (the recomputed
+    forward would append the keys twice). Otherwise the plain path runs."""
+    try:
+        from transformers.cache_utils import DynamicCache  # noqa: F401
+    except ImportError:  # pragma: no cover - transformers without the Cache API
+        return False
+    base = _base_model(model)
+    if _cache_argument(model) is None:
+        return False
+    config = getattr(base, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is None or getattr(text, "is_encoder_decoder", False):
+        return False
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        if any(t != "full_attention" for t in layer_types):
+            return False
+    elif getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    if torch.is_grad_enabled() and base.training:
+        with warnings.catch_warnings():  # the older property name is deprecated in transformers 5
+            warnings.simplefilter("ignore", FutureWarning)
+            checkpointing = getattr(base, "is_activation_checkpointing", None)
+            if checkpointing is None:
+                checkpointing = getattr(base, "is_gradient_checkpointing", False)
+        if checkpointing:
+            return False
+    return True
+
+
+def compute_prefix_kv(model: nn.Module, prefix_ids: torch.Tensor | list[int]) -> PrefixKV:
+    """Run the shared prefix (token ids, batch size 1, positions ``0..P-1``) and keep its key/value
+    states. Gradients flow into them when autograd is on (LoRA training)."""
+    device = model.get_input_embeddings().weight.device
+    ids = torch.as_tensor(prefix_ids, dtype=torch.long, device=device).reshape(1, -1)
+    from transformers.cache_utils import DynamicCache
+
+    name = _cache_argument(model)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "position_ids": torch.arange(ids.shape[1], device=device)[None], "use_cache": True,
+              name: DynamicCache()}
+    try:
+        out = model(**kwargs, logits_to_keep=1)
+    except TypeError:  # older model classes without logits_to_keep
+        out = model(**kwargs)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if hasattr(cache, "layers"):
+        layers = tuple((layer.keys, layer.values) for layer in cache.layers)
+    else:  # legacy tuple of (keys, values) per layer
+        layers = tuple((k, v) for k, v, *_ in cache)
+    return PrefixKV(length=int(ids.shape[1]), layers=layers)
+
+
+def expand_prefix_kv(prefix: PrefixKV, batch_size: int):
+    """A fresh ``DynamicCache`` holding ``prefix`` for every row (a forward appends to its cache, so
+    each call needs its own copy)."""
+    from transformers.cache_utils import DynamicCache
+
+    data = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in prefix.layers]
+    return DynamicCache(data)
+
+
 def score_batch(
     model: nn.Module,
     batch: PromptBatch,
     answer: AnswerTokens,
     vectors: dict[str, torch.Tensor] | None = None,
+    prefix: PrefixKV | None = None,
 ) -> torch.Tensor:
-    """``(B, 2)`` Yes/No logits for a :class:`PromptBatch` (slots filled from ``vectors``)."""
+    """``(B, 2)`` Yes/No logits for a :class:`PromptBatch` (slots filled from ``vectors``).
+
+    ``prefix``: key/value states of the first ``prefix.length`` tokens that every row shares
+    (:func:`compute_prefix_kv`); the rest of each row is then run after them: layout
+    ``[prefix][left pad][rest]``, mask ``[1] * P + the rest's mask``, positions continuing at P, so a
+    row's score equals the plain path's and still does not depend on its batch's padding.
+    """
+    model_inputs = {}
+    mask = batch.attention_mask
+    if prefix is not None:
+        batch = batch.without_prefix(prefix.length)
+        rows = batch.input_ids.shape[0]
+        ones = torch.ones((rows, prefix.length), dtype=batch.attention_mask.dtype, device=mask.device)
+        mask = torch.cat([ones, batch.attention_mask], dim=1)
+        model_inputs = {"position_ids": prefix.length + position_ids_from_mask(batch.attention_mask),
+                        _cache_argument(model): expand_prefix_kv(prefix, rows)}
     if batch.slots and any(len(i) for i in batch.slots.values()):
         emb = build_inputs_embeds(model, batch, vectors)
-        return yes_no_logits(model, answer, batch.attention_mask, inputs_embeds=emb)
-    return yes_no_logits(model, answer, batch.attention_mask, input_ids=batch.input_ids)
+        return yes_no_logits(model, answer, mask, inputs_embeds=emb, **model_inputs)
+    return yes_no_logits(model, answer, mask, input_ids=batch.input_ids, **model_inputs)
 
 
 __all__ = [
+    "PrefixKV",
     "answer_logits",
     "build_inputs_embeds",
+    "compute_prefix_kv",
+    "expand_prefix_kv",
     "final_hidden_state",
     "input_embeddings",
     "last_token_logits",
     "position_ids_from_mask",
+    "prefix_cache_supported",
     "score_batch",
     "yes_no_bce",
     "yes_no_logits",

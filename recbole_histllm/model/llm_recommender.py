@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -34,17 +35,20 @@ from torch import nn
 
 from dataset_converters.core import read_text_table
 from recbole_histllm.llm import (
+    PrefixKV,
     PromptBuilder,
     PromptSample,
     PromptTemplate,
     QuantizationUnavailableError,
     apply_lora,
     autocast,
+    compute_prefix_kv,
     enable_gradient_checkpointing,
     encode_item_texts,
     for_domain,
     load_backbone,
     load_tokenizer,
+    prefix_cache_supported,
     quantization_config,
     random_backbone,
     score_batch,
@@ -52,7 +56,8 @@ from recbole_histllm.llm import (
     yes_no_bce,
     yes_probability,
 )
-from recbole_histllm.model.modules import UHEM, MappingModule
+from recbole_histllm.llm.prompt import HISTORY_LIST, ITEM_PREFIX
+from recbole_histllm.model.modules import UHEM, MappingModule, token_embedding_rms
 
 logger = logging.getLogger(__name__)
 
@@ -179,16 +184,22 @@ class LLMRecommender(AbstractRecommender):
         self.builders = {stage: self.make_builder(template) for stage, template in self.templates.items()}
         slots = {name for t in self.templates.values() for name in t.slots}
         self.vma = self.cia = self.uhem = None
+        # token_scale: standardised inputs, outputs at the token-embedding RMS (beyond the paper's text)
+        rms = token_embedding_rms(self.llm.get_input_embeddings()) if config["token_scale"] else None
         if self.use_visual and (slots & set(IMAGE_SLOTS) or HISTORY_SLOT in slots):
             self.vma = MappingModule(self.image_table.shape[1], self.hidden, config["mapping_hidden"],
-                                     config["mapping_layers"])
+                                     config["mapping_layers"], token_rms=rms)
+            self.vma.set_input_stats(self.image_table)
         if slots & set(USER_SLOTS + ITEM_SLOTS):
             dim = int(config["mf_embedding_size"])
             self.mf_user = nn.Embedding(self.n_users, dim).requires_grad_(False)
             self.mf_item = nn.Embedding(self.n_items, dim).requires_grad_(False)
-            self.cia = MappingModule(dim, self.hidden, config["mapping_hidden"], config["mapping_layers"])
+            # one module for users and items (Eq. 11-12), standardised over both tables once MF is loaded
+            self.cia = MappingModule(dim, self.hidden, config["mapping_hidden"], config["mapping_layers"],
+                                     token_rms=rms)
         if HISTORY_SLOT in slots:
-            self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"])
+            self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"],
+                             token_rms=rms)
             ids, mask = encode_item_texts(self.tokenizer, self.items.descriptions, int(config["desc_max_tokens"]))
             self.register_buffer("desc_ids", ids, persistent=False)
             self.register_buffer("desc_mask", mask.bool(), persistent=False)
@@ -280,6 +291,7 @@ class LLMRecommender(AbstractRecommender):
         if stage not in self.templates:
             raise ValueError(f"{type(self).__name__} has no stage {stage} (stages: {sorted(self.templates)})")
         self.stage = stage
+        self.invalidate_prefix_cache()
         groups = self.stage_trainable.get(stage, ())
         set_lora_trainable(self.llm, LORA in groups)
         for name, module in self.trainable_modules().items():
@@ -295,6 +307,7 @@ class LLMRecommender(AbstractRecommender):
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
         self.load_state_dict(state, strict=False)
+        self.invalidate_prefix_cache()
 
     def collaborative_model(self) -> CollaborativeModel | None:
         """The model stage 0 trains for this one: MF (CoLLM, HistLLM's CIA) when a prompt has
@@ -313,6 +326,7 @@ class LLMRecommender(AbstractRecommender):
             return
         self.mf_user.weight.data.copy_(user.to(self.mf_user.weight))
         self.mf_item.weight.data.copy_(item.to(self.mf_item.weight))
+        self.cia.set_input_stats(torch.cat([self.mf_user.weight[1:], self.mf_item.weight[1:]]))  # 0 = padding
 
     # ---- prompts ----------------------------------------------------------------------------
     def history(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,7 +380,8 @@ class LLMRecommender(AbstractRecommender):
         names = [name for name, index in batch.slots.items() if len(index)]
         with autocast(self.device, enabled=self.bf16):
             vectors = self.slot_vectors(names, interaction, hist_ids, hist_mask)
-            return score_batch(self.llm, batch, builder.answer_tokens, vectors)
+            prefix = self.prefix_states(builder, batch)
+            return score_batch(self.llm, batch, builder.answer_tokens, vectors, prefix=prefix)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         """BCE between the label and P(Yes) (Eq. 14)."""
@@ -380,3 +395,112 @@ class LLMRecommender(AbstractRecommender):
         hist_ids, hist_mask = self.history(interaction)
         batch = self.builders[self.stage](self.samples(interaction, hist_ids, hist_mask))
         return batch.lengths.numpy()
+
+    # ---- speed: prefix key/value cache (config key prefix_cache) ------------------------------
+    def _backbone_version(self) -> int:
+        """Changes whenever a backbone weight (LoRA included) is modified in place (optimiser steps,
+        ``load_state_dict``): a cached prefix is never read against other weights."""
+        return sum(p._version for p in self.llm.parameters())
+
+    def invalidate_prefix_cache(self) -> None:
+        """Drop the prefix key/value states cached for frozen-backbone scoring."""
+        self.__dict__["_prefix_cache"] = {}
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; a switch while LoRA is trainable drops the cached prefix states."""
+        llm = self._modules.get("llm")
+        if llm is not None and mode != self.training and any(p.requires_grad for p in llm.parameters()):
+            self.invalidate_prefix_cache()
+        return super().train(mode)
+
+    def prefix_states(self, builder: PromptBuilder, batch) -> PrefixKV | None:
+        """Key/value states of the prompt's fixed prefix (``PromptBuilder.prefix_ids``: the question
+        text before the first row-dependent token) when ``prefix_cache`` is on, else None (plain path).
+
+        No trainable backbone weight in this stage (stage 2: LoRA frozen; or eval mode under no_grad):
+        computed once, in eval mode (no LoRA dropout), and cached on the model until the stage, the
+        train/eval mode with LoRA trainable, or any backbone weight changes. LoRA training (stage 1):
+        computed per batch at batch size 1 with gradients, expanded over the batch by
+        :func:`~recbole_histllm.llm.score_batch`. Unsupported backbones (sliding window, activation
+        checkpointing in training, no Cache API) and batches without a shared prefix take the plain path.
+        """
+        if not self.config["prefix_cache"] or not getattr(batch, "prefix_len", 0):
+            return None
+        if not prefix_cache_supported(self.llm):
+            return None
+        ids = builder.prefix_ids[: batch.prefix_len]
+        trainable = any(p.requires_grad for p in self.llm.parameters())
+        if trainable and (self.training or torch.is_grad_enabled()):
+            return compute_prefix_kv(self.llm, ids)
+        device = self.llm.get_input_embeddings().weight.device
+        cast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        version = self._backbone_version()
+        key = (tuple(ids), str(device), cast, version)
+        cache = self.__dict__.setdefault("_prefix_cache", {})
+        if key not in cache:
+            if any(k[3] != version for k in cache):  # weights changed since: older states are stale
+                cache.clear()
+            was_training = self.llm.training
+            self.llm.eval()  # a fixed context: no dropout in its states
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    cache[key] = compute_prefix_kv(self.llm, ids)
+            finally:
+                self.llm.train(was_training)
+        return cache[key]
+
+    # ---- speed: prompt lengths for length-bucketed batches (config key length_buckets) -------
+    def _text_token_counts(self) -> dict[str, np.ndarray]:
+        """Tokens of every item's title and description (``Title``/``Desc`` per item), computed once."""
+        counts = self.__dict__.get("_item_token_counts")
+        if counts is None:
+            def count(texts):
+                encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+                return np.array([len(ids) for ids in encoded], dtype=np.int64)
+
+            counts = {"Title": count(self.items.titles), "Desc": count(self.items.descriptions)}
+            self.__dict__["_item_token_counts"] = counts
+        return counts
+
+    def _length_plan(self, stage: int) -> dict:
+        """The template's fixed tokens, measured once per stage by rendering skeleton rows (every text
+        field empty) with 0, 1 and 2 history items; and which item texts fill its text fields."""
+        plans = self.__dict__.setdefault("_length_plans", {})
+        if stage not in plans:
+            builder = self.builders[stage]
+            empty = defaultdict(str)
+            sizes = [len(builder.encode(PromptSample(empty, [empty] * n))[0]) for n in (0, 1, 2)]
+            template = builder.template
+            item_fields = [name[len(ITEM_PREFIX):] for name in template.text_fields()
+                           if name.startswith(ITEM_PREFIX) and name[len(ITEM_PREFIX):] in ("Title", "Desc")]
+            target = {"TargetItemTitle": "Title", "TargetItemDesc": "Desc", "ItemDescription": "Desc"}
+            target_fields = [target[name] for name in template.text_fields() if name in target]
+            lists_history = any(is_ph and v == HISTORY_LIST for is_ph, v in builder._main)
+            plans[stage] = {"empty": sizes[0], "first": sizes[1], "per_item": sizes[2] - sizes[1],
+                            "item_fields": item_fields if lists_history else [], "target_fields": target_fields,
+                            "history": lists_history}
+        return plans[stage]
+
+    def row_lengths(self, dataset, rows) -> np.ndarray:
+        """Approximate LLM input tokens of ``dataset[rows]`` in the current stage, for grouping rows of
+        similar length (``length_buckets``): the template's fixed tokens plus the cached token counts of
+        each row's target and history texts, capped at ``max_prompt_tokens``. No prompt is rendered
+        (a tokenizer may merge a token or two across text boundaries: close enough for bucketing)."""
+        rows = np.asarray(rows)
+        if len(rows) == 0:
+            return np.zeros(0, dtype=np.int64)
+        inter = dataset[torch.as_tensor(rows)]
+        if not isinstance(self.builders[self.stage], PromptBuilder):  # e.g. a VLM processor: render
+            return np.asarray(self.prompt_lengths(inter), dtype=np.int64)
+        plan, counts = self._length_plan(self.stage), self._text_token_counts()
+        hist_ids, hist_mask = self.history(inter)
+        ids, mask = hist_ids.cpu().numpy(), hist_mask.cpu().numpy()
+        items = inter[self.ITEM_ID].cpu().numpy()
+        n = mask.sum(1) if plan["history"] else np.zeros(len(rows), dtype=np.int64)
+        length = np.where(n > 0, plan["first"] + (n - 1) * plan["per_item"], plan["empty"]).astype(np.int64)
+        for name in plan["target_fields"]:
+            length += counts[name][items]
+        for name in plan["item_fields"]:
+            length += (counts[name][ids] * mask).sum(1)
+        limit = self.config["max_prompt_tokens"]
+        return np.minimum(length, int(limit)) if limit else length

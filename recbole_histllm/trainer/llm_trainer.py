@@ -42,7 +42,10 @@ from tqdm import tqdm
 
 from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
-from recbole_histllm.utils import get_model
+from recbole_histllm.model.llm_recommender import LORA
+from recbole_histllm.utils import UsageError, get_model
+
+BUCKET_BATCHES = 50  # length_buckets: batches per chunk of the epoch's random order sorted by prompt length
 
 
 def _cfg(config, key, default=None):
@@ -85,6 +88,11 @@ class LLMTrainer(Trainer):
         mode (the model's current stage). Under torchrun each rank scores its shard and gets all rows back."""
         self.model.eval()
         rows = distributed.shard(np.asarray(rows))
+        # length_buckets: score this rank's rows longest first (little padding per batch), then restore
+        by_length = None
+        if _cfg(self.config, "length_buckets", False) and hasattr(self.model, "row_lengths") and len(rows) > 1:
+            by_length = np.argsort(-np.asarray(self.model.row_lengths(dataset, rows)), kind="stable")
+            rows = rows[by_length]
         size = int(self.config["eval_batch_size"])
         fields = {"label": "LABEL_FIELD", "user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
         out: dict[str, list[np.ndarray]] = {"score": [], **{key: [] for key in fields}}
@@ -94,7 +102,30 @@ class LLMTrainer(Trainer):
             out["score"].append(self.model.predict(inter).float().cpu().numpy())
             for key, field in fields.items():
                 out[key].append(inter[self.config[field]].cpu().numpy())
-        return distributed.gather_shards({k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()})
+        local = {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
+        if by_length is not None:  # back to the order of ``rows``
+            restore = np.empty_like(by_length)
+            restore[by_length] = np.arange(len(by_length))
+            local = {k: v[restore] for k, v in local.items()}
+        return distributed.gather_shards(local)
+
+    def train_batches(self, dataset, order: torch.Tensor, batch_size: int, stage: int,
+                      epoch: int) -> list[torch.Tensor]:
+        """An epoch's global batches from its random row ``order``: ``order.split(batch_size)``. With
+        ``length_buckets``: the order is cut into chunks of ``BUCKET_BATCHES`` batches, each chunk sorted by
+        prompt length (:meth:`LLMRecommender.row_lengths`) and split, and the batches shuffled, all from
+        the trainer's seeded generator: every row once per epoch, little padding per batch, and the same
+        batches on every rank under torchrun."""
+        if not _cfg(self.config, "length_buckets", False) or not hasattr(self.model, "row_lengths") \
+                or len(order) <= batch_size:
+            return list(order.split(batch_size))
+        lengths = torch.as_tensor(np.asarray(self.model.row_lengths(dataset, order.numpy())))
+        batches: list[torch.Tensor] = []
+        chunk = batch_size * BUCKET_BATCHES
+        for rows, length in zip(order.split(chunk), lengths.split(chunk)):
+            batches.extend(rows[torch.sort(length, stable=True).indices].split(batch_size))
+        shuffle = torch.randperm(len(batches), generator=self._generator(stage, epoch, 1))
+        return [batches[i] for i in shuffle.tolist()]
 
     def valid_metrics(self, dataset, rows: np.ndarray, desc: str = "valid") -> dict[str, float]:
         out = self.score_rows(dataset, rows, desc)
@@ -143,9 +174,70 @@ class LLMTrainer(Trainer):
                                           "time_s": round(time.time() - start, 2)}
 
     # ---- prompt stages ---------------------------------------------------------------------
+    def _load_lora_stage(self, key: str, path: str) -> dict:
+        """Take a LoRA-only stage as finished from ``lora_checkpoint``: the ``<Model>-stage1.pth`` of
+        another run (any LLM model whose stage 1 is the same LoRA stage); only its LoRA tensors are
+        loaded. Its summary is kept, marked ``source: given``."""
+        start = time.time()
+        if not os.path.isfile(path):
+            raise UsageError(f"config key `lora_checkpoint`: no such file {path}")
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or not saved.get("done"):
+            raise UsageError(f"config key `lora_checkpoint`: {path} is not a finished stage checkpoint "
+                             "(a <Model>-stage1.pth written at the end of a stage)")
+        lora = {k: v for k, v in saved["best_state"].items() if "lora_" in k}
+        mine = {k for k in self.model.checkpoint_state() if "lora_" in k}
+        if set(lora) != mine or any(lora[k].shape != v.shape for k, v in self.model.state_dict().items() if k in mine):
+            raise UsageError(f"config key `lora_checkpoint`: the LoRA tensors of {path} do not fit this model "
+                             f"({len(lora)} tensors there, {len(mine)} here: another backbone or LoRA shape?)")
+        self.model.load_state_dict(lora, strict=False)
+        self.logger.info(f"{key}: LoRA taken from {path} (lora_checkpoint)")
+        summary = dict(saved.get("summary") or {})
+        summary.update(source="given", checkpoint=path, load_s=round(time.time() - start, 2))
+        return summary
+
+    def _optimizer(self, key: str) -> torch.optim.Optimizer:
+        """AdamW over the stage's trainable parameters: LoRA at ``stage{k}_learning_rate``, the mapping
+        modules and UHEM at ``module_learning_rate`` (~ = the stage's rate)."""
+        cfg = self.config
+        lr = float(_cfg(cfg, f"{key}_learning_rate", 1e-4))
+        module_lr = float(_cfg(cfg, "module_learning_rate", lr))
+        decay = float(_cfg(cfg, "weight_decay", 0.0))
+        lora, modules = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (lora if "lora_" in name else modules).append(param)
+        groups = [{"params": ps, "lr": rate} for ps, rate in ((lora, lr), (modules, module_lr)) if ps]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=decay)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """``lr_schedule``: ``cosine`` (linear warmup over ``warmup_ratio`` of the stage's optimiser steps,
+        then cosine decay to 0) or ``constant`` (warmup, then flat)."""
+        cfg = self.config
+        kind = str(_cfg(cfg, "lr_schedule", "constant"))
+        if kind not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {kind!r}")
+        total = max(int(total_steps), 1)
+        warmup = int(round(float(_cfg(cfg, "warmup_ratio", 0.0)) * total))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if kind == "constant":
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
     def _run_stage(self, stage: int, train_ds, valid_ds, valid_rows: np.ndarray, show_progress: bool) -> dict:
         key, model, cfg = f"stage{stage}", self.model, self.config
         model.set_stage(stage)
+        given = _cfg(cfg, "lora_checkpoint")
+        modules = model.trainable_modules()
+        present = {g for g in model.stage_trainable.get(stage, ()) if g == LORA or modules.get(g) is not None}
+        if given and present == {LORA}:  # a LoRA-only stage (TALLRec's vma group is absent without images)
+            return self._load_lora_stage(key, str(given))
         path = self._stage_file(stage)
         saved = torch.load(path, map_location="cpu", weights_only=False) if os.path.isfile(path) else None
         distributed.barrier()  # every rank has read the stage file before rank 0 may rewrite it
@@ -160,13 +252,15 @@ class LLMTrainer(Trainer):
         rows_per_epoch = len(train_ds) if budget is None else min(int(budget), len(train_ds))
         accumulate = int(_cfg(cfg, "gradient_accumulation_steps", 1))
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=float(_cfg(cfg, f"{key}_learning_rate", 1e-4)),
-                                      weight_decay=float(_cfg(cfg, "weight_decay", 0.0)))
+        optimizer = self._optimizer(key)
+        steps_per_epoch = math.ceil(math.ceil(rows_per_epoch / batch_size) / accumulate)
+        scheduler = self._scheduler(optimizer, steps_per_epoch * epochs)
         patience = int(_cfg(cfg, "stopping_step", 2))
         first_epoch, best, history, elapsed, seen = 0, {"score": -math.inf, "epoch": None, "state": None}, [], 0.0, 0
         if saved is not None:
             model.load_checkpoint_state(saved["state"])
             optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
             first_epoch, history, elapsed, seen = saved["epoch"] + 1, saved["history"], saved["time_s"], saved["rows"]
             best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "state": saved["best_state"]}
             self.logger.info(f"{key}: resuming after epoch {saved['epoch']} from {path}")
@@ -184,7 +278,7 @@ class LLMTrainer(Trainer):
             start = time.time()
             model.train()
             order = torch.randperm(len(train_ds), generator=self._generator(stage, epoch))[:rows_per_epoch]
-            batches = list(order.split(batch_size))  # global batches; each rank trains on its shard
+            batches = self.train_batches(train_ds, order, batch_size, stage, epoch)  # global; each rank its shard
             bar = tqdm(batches, desc=f"{key} epoch {epoch}", ncols=100, disable=not show_progress)
             total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
             local_total = 0.0  # the losses of this rank's own shards (progress bar)
@@ -202,6 +296,7 @@ class LLMTrainer(Trainer):
                     if self.clip_grad_norm:
                         torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_norm)
                     optimizer.step()
+                    scheduler.step()
                     optimizer.zero_grad()
                 bar.set_postfix(loss=f"{local_total / step:.4f}")
             total = distributed.all_reduce_sum(total, self.device)
@@ -221,7 +316,8 @@ class LLMTrainer(Trainer):
                 stale += 1
             if distributed.is_main():
                 torch.save({"done": False, "epoch": epoch, "state": model.checkpoint_state(),
-                            "optimizer": optimizer.state_dict(), "best_score": best["score"],
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "best_score": best["score"],
                             "best_epoch": best["epoch"], "best_state": best["state"], "history": history,
                             "time_s": elapsed, "rows": seen}, path)
         if best["state"] is not None:

@@ -3,6 +3,13 @@
 VMA's :math:`\\mathbf e_{p_k} = M_\\phi(p_k)` (Eq. 3) maps a visual embedding; CIA's
 :math:`\\mathbf e_u = M_\\omega(\\mathbf u)`, :math:`\\mathbf e_i = M_\\omega(\\mathbf i)` (Eq. 11-12)
 map the MF user and item embeddings with one shared module.
+
+The paper does not specify the modules' internals. With ``token_rms`` set (the default in the
+plugin, config ``token_scale: True``), inputs are standardised per feature over their table
+(:meth:`MappingModule.set_input_stats`) and outputs are RMS-normalised and scaled by a learnable
+gain initialised to the RMS of the LLM's token embeddings (:class:`TokenScale`): without it an
+MF embedding (std ~0.01-0.1) maps to a near-constant token (varying by ~0.02 per dimension across
+users, against ~0.136 for a token embedding) and the LLM cannot tell users apart.
 """
 
 from __future__ import annotations
@@ -11,10 +18,35 @@ import torch
 from torch import nn
 
 
+def token_embedding_rms(embedding: nn.Embedding) -> float:
+    """Root mean square of an LLM's input embedding table (the scale of a real token)."""
+    weight = embedding.weight.detach().float()
+    return float(weight.pow(2).mean().sqrt())
+
+
+class TokenScale(nn.Module):
+    """``x / rms(x) * gain``: an output at the scale of the LLM's token embeddings.
+
+    ``gain`` (one per dimension) starts at ``rms``, the token-embedding RMS, and is learned.
+    """
+
+    def __init__(self, dim: int, rms: float, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(torch.full((dim,), float(rms)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.gain.float()).to(x.dtype)
+
+
 class MappingModule(nn.Module):
     """MLP ``in_dim -> hidden -> out_dim`` (GELU), or a single linear layer when ``layers == 1``.
 
     ``k`` > 1 produces k tokens per input (output ``(..., k, out_dim)``); k == 1 gives ``(..., out_dim)``.
+    ``token_rms``: standardise inputs (:meth:`set_input_stats`) and scale outputs to the token RMS
+    (:class:`TokenScale`); None keeps the plain MLP.
     """
 
     def __init__(
@@ -25,6 +57,7 @@ class MappingModule(nn.Module):
         layers: int = 2,
         k: int = 1,
         dropout: float = 0.0,
+        token_rms: float | None = None,
     ) -> None:
         super().__init__()
         self.k, self.out_dim = k, out_dim
@@ -35,9 +68,27 @@ class MappingModule(nn.Module):
             self.net = nn.Sequential(
                 nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim * k)
             )
+        self.scale = TokenScale(out_dim, token_rms) if token_rms is not None else None
+        if self.scale is not None:
+            self.register_buffer("in_mean", torch.zeros(in_dim))
+            self.register_buffer("in_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, table: torch.Tensor) -> None:
+        """Per-feature mean and std of the inputs this module will see (rows of ``table``)."""
+        if self.scale is None:
+            return
+        table = table.detach().float().reshape(-1, table.shape[-1])
+        table = table[table.abs().sum(-1) > 0]  # padding rows and missing images are all zero
+        if len(table) < 2:
+            return
+        self.in_mean.copy_(table.mean(0))
+        self.in_std.copy_(table.std(0).clamp(min=1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            x = (x - self.in_mean.to(x.dtype)) / self.in_std.to(x.dtype)
         y = self.net(x)
         if self.k > 1:
-            return y.reshape(*x.shape[:-1], self.k, self.out_dim)
-        return y
+            y = y.reshape(*x.shape[:-1], self.k, self.out_dim)
+        return self.scale(y) if self.scale is not None else y

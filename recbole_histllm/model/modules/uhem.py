@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from recbole_histllm.model.modules.mapping import TokenScale
+
 
 class UHEM(nn.Module):
     """Compress a batch of multimodal histories into one token each.
@@ -21,9 +23,12 @@ class UHEM(nn.Module):
         dim: the LLM hidden size (input token size and output size, :math:`d_3`).
         encoder: ``"gru"`` (last hidden state) or ``"transformer"`` (CLS output).
         layers, heads, dropout: encoder shape (heads for the Transformer only).
+        token_rms: scale the output token to the LLM's token-embedding RMS (:class:`TokenScale`);
+            None keeps the plain linear output.
     """
 
-    def __init__(self, dim: int, encoder: str = "gru", layers: int = 1, heads: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, encoder: str = "gru", layers: int = 1, heads: int = 4, dropout: float = 0.0,
+                 token_rms: float | None = None) -> None:
         super().__init__()
         if encoder not in ("gru", "transformer"):
             raise ValueError(f"history_encoder must be 'gru' or 'transformer', got {encoder!r}")
@@ -40,6 +45,7 @@ class UHEM(nn.Module):
             )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(dim, dim)
+        self.out_scale = TokenScale(dim, token_rms) if token_rms is not None else None
 
     @staticmethod
     def assemble(
@@ -90,4 +96,5 @@ class UHEM(nn.Module):
             seq = torch.cat([self.cls.to(seq.dtype).expand(bsz, 1, -1), seq], dim=1)
             pad = torch.arange(seq.shape[1], device=seq.device)[None, :] > lengths[:, None]
             h = self.encoder(seq, src_key_padding_mask=pad)[:, 0]
-        return self.out(h)
+        h = self.out(h)
+        return self.out_scale(h) if self.out_scale is not None else h

@@ -1,0 +1,103 @@
+"""What makes the LLM stages learn at small budgets: token-scaled mapping modules, the optimiser's
+parameter groups and schedule, and a stage-1 LoRA shared between runs (``lora_checkpoint``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_histllm import build, lora_tensors
+
+from recbole_histllm.model.modules import MappingModule, TokenScale
+from recbole_histllm.trainer import HistLLMTrainer
+from recbole_histllm.utils import UsageError
+
+
+def test_token_scale_starts_at_the_token_rms_and_learns():
+    scale = TokenScale(16, rms=0.136)
+    y = scale(torch.randn(5, 16) * 40)
+    assert torch.allclose(y.pow(2).mean(-1).sqrt(), torch.full((5,), 0.136), atol=1e-4)
+    assert scale.gain.requires_grad
+
+
+def test_mapping_standardises_inputs_so_small_embeddings_give_distinct_tokens():
+    torch.manual_seed(0)
+    table = torch.randn(200, 32) * 0.01 + 0.05  # MF-like: small, with a shared offset
+    plain = MappingModule(32, 64)
+    scaled = MappingModule(32, 64, token_rms=0.136)
+    scaled.set_input_stats(table)
+    with torch.no_grad():
+        spread_plain = plain(table).std(0).mean()
+        spread_scaled = scaled(table).std(0).mean()
+        rms = scaled(table).pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.136), atol=1e-3)
+    assert spread_plain < 0.02 < 0.05 < spread_scaled  # users told apart only after standardising
+
+
+def test_cia_tokens_follow_the_loaded_mf_embeddings(tiny_root, tmp_path):
+    _, model, _, _, _ = build(tiny_root, tmp_path)
+    user = torch.randn(model.n_users, 256) * 0.01
+    item = torch.randn(model.n_items, 256) * 0.01
+    model.set_collaborative_embeddings(user, item)
+    stats = torch.cat([user[1:], item[1:]])
+    assert torch.allclose(model.cia.in_mean, stats.mean(0)) and torch.allclose(model.cia.in_std, stats.std(0))
+    with torch.no_grad():
+        tokens = model.cia(model.mf_user.weight[1:])
+    rms = model.llm.get_input_embeddings().weight.pow(2).mean().sqrt()
+    assert torch.allclose(tokens.pow(2).mean(-1).sqrt().mean(), rms, rtol=1e-3)
+    assert tokens.std(0).mean() > 0.3 * rms
+
+
+def test_token_scale_off_keeps_the_plain_modules(tiny_root, tmp_path):
+    _, model, _, _, _ = build(tiny_root, tmp_path, token_scale=False)
+    assert model.cia.scale is None and model.vma.scale is None and model.uhem.out_scale is None
+
+
+def test_module_learning_rate_and_warmup_cosine_schedule(tiny_root, tmp_path):
+    config, model, _, _, _ = build(tiny_root, tmp_path, stage2_learning_rate=1e-3, module_learning_rate=5e-3,
+                                   lr_schedule="cosine", warmup_ratio=0.2)
+    trainer = HistLLMTrainer(config, model)
+    model.set_stage(2)
+    optimizer = trainer._optimizer("stage2")
+    assert [g["lr"] for g in optimizer.param_groups] == [5e-3]  # stage 2: modules only
+    model.set_stage(1)
+    assert [g["lr"] for g in trainer._optimizer("stage1").param_groups] == [1e-3]  # stage 1: LoRA only
+    scheduler = trainer._scheduler(optimizer, total_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(5e-3)  # 2 warmup steps, then the peak
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] < 0.1 * 5e-3
+    assert rates[5] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
+
+
+def test_lora_checkpoint_skips_stage1_with_another_runs_lora(tiny_root, tmp_path):
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    config, model, train, valid, _ = build(tiny_root, first_dir, stage2_epochs=1)
+    HistLLMTrainer(config, model).fit(train, valid)
+    trained = lora_tensors(model)
+    stage1 = first_dir / "HistLLM-stage1.pth"
+    config, model, train, valid, _ = build(tiny_root, second_dir, stage2_epochs=1, lora_checkpoint=str(stage1),
+                                           mf_checkpoint=str(first_dir / "MF-stage0.pth"))
+    trainer = HistLLMTrainer(config, model)
+    calls = []
+    original = trainer.valid_metrics
+    trainer.valid_metrics = lambda *a, **k: calls.append(k.get("desc")) or original(*a, **k)
+    trainer.fit(train, valid)
+    assert calls == ["stage2 valid"]  # stage 1 was not trained again
+    summary = trainer.stage_summaries["stage1"]
+    assert summary["source"] == "given" and summary["checkpoint"] == str(stage1) and "best_valid_auc" in summary
+    assert all(torch.equal(v, lora_tensors(model)[k]) for k, v in trained.items())
+    assert not (second_dir / "HistLLM-stage1.pth").exists()
+
+
+def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):
+    for bad in (tmp_path / "missing.pth", tmp_path / "unfinished.pth"):
+        if bad.name == "unfinished.pth":
+            torch.save({"done": False}, bad)
+        config, model, train, valid, _ = build(tiny_root, tmp_path / bad.stem, lora_checkpoint=str(bad))
+        with pytest.raises(UsageError, match="lora_checkpoint"):
+            HistLLMTrainer(config, model).fit(train, valid)
