@@ -414,15 +414,19 @@ def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
     return {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
 
 
-def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int], dict[str, float]], int, set[int]]:
-    """Metrics of every (row index, seed) run on the rows that every run scored; the row count and the
-    sizes of the runs' own test sets (one size: all runs scored the same rows)."""
+def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int], dict[str, float]], str, set[int]]:
+    """Metrics of every (row index, seed) run on the rows that every run OF ITS SEED scored (a
+    ``test_rows`` subset is drawn per seed, so runs of one seed compare on identical rows and each
+    seed stays a whole replicate); the common row count per seed (one number, or a range over seeds)
+    and the sizes of the runs' own test sets (one size: all runs scored the same rows)."""
     frames = {key: read_predictions(path) for key, path in runs.items()}
-    common = None
-    for frame in frames.values():
-        common = frame.index if common is None else common.intersection(frame.index)
+    common: dict[int, pd.Index] = {}
+    for (_, seed), frame in frames.items():
+        common[seed] = frame.index if seed not in common else common[seed].intersection(frame.index)
     sizes = {len(f) for f in frames.values()}
-    return {key: metrics_on(f.loc[common]) for key, f in frames.items()}, len(common), sizes
+    counts = sorted({len(index) for index in common.values()})
+    n_common = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return {key: metrics_on(f.loc[common[key[1]]]) for key, f in frames.items()}, n_common, sizes
 
 
 # ---- rendering ------------------------------------------------------------------------------------
@@ -584,9 +588,9 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
             (ours.iloc[-1] if len(ours) else "")
         table = add_relative_improvement(table, reference)
     note = ("all runs scored the same rows" if len(sizes) == 1 else
-            f"runs scored {sorted(sizes)} rows; metrics on the {n_common} rows all of them scored")
+            f"runs scored {sorted(sizes)} rows; metrics on the rows all runs of a seed scored")
     caption = (f"{dataset}: test AUC / UAUC over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
-               f"{n_common} test rows ({note}).")
+               f"{n_common} test rows per seed ({note}).")
     root.mkdir(parents=True, exist_ok=True)
     table.assign(test_rows=n_common).to_csv(root / f"table_{kind}.csv", index=False)
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")

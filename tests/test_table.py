@@ -278,3 +278,25 @@ def test_seeds_as_count_or_list():
     for bad in ("0", "x", "1,b"):
         with pytest.raises(UsageError):
             parse_seeds(bad)
+
+
+def test_each_seed_compares_on_its_own_common_rows(tmp_path):
+    """test_rows subsets differ by seed: rows of a seed are intersected within that seed only."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs = {}
+    for seed, users in ((2020, range(0, 40)), (2021, range(20, 60))):
+        for i in range(2):
+            rows = [(str(u), str(k), int(rng.random() < 0.5), float(rng.random())) for u in users for k in range(6)]
+            if i == 1:
+                rows = rows[6:]  # the second row's run lacks one user of this seed
+            run = tmp_path / f"r{i}" / f"seed{seed}"
+            run.mkdir(parents=True)
+            pd.DataFrame(rows, columns=["user_id", "item_id", "label", "score"]).to_csv(
+                run / "test_predictions.csv", index=False)
+            runs[(i, seed)] = run
+    scores, n_common, sizes = tbl.score_runs(runs)
+    assert n_common == str(39 * 6) and sizes == {240, 234}  # 39 users per seed, not the 19 both seeds share
+    frame = pd.read_csv(runs[(0, 2021)] / "test_predictions.csv").iloc[6:]
+    assert scores[(0, 2021)]["auc"] == pytest.approx(roc_auc_score(frame.label, frame.score), abs=1e-12)
