@@ -47,6 +47,25 @@ def build_inputs_embeds(
     return emb
 
 
+def _forward_last(model: nn.Module, attention_mask: torch.Tensor, input_ids: torch.Tensor | None,
+                  inputs_embeds: torch.Tensor | None, **model_inputs):
+    """The model's output for a left-padded batch, logits kept for the last position only."""
+    kwargs = {
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+        "use_cache": False,
+        **model_inputs,
+    }
+    if inputs_embeds is not None:
+        kwargs["inputs_embeds"] = inputs_embeds
+    else:
+        kwargs["input_ids"] = input_ids
+    try:
+        return model(**kwargs, logits_to_keep=1)
+    except TypeError:  # older model classes without logits_to_keep
+        return model(**kwargs)
+
+
 def last_token_logits(
     model: nn.Module,
     attention_mask: torch.Tensor,
@@ -59,21 +78,7 @@ def last_token_logits(
     ``model_inputs``: further model arguments (a vision-language model's ``pixel_values`` ...);
     ``position_ids=None`` there leaves the positions to a model that computes its own (M-RoPE).
     """
-    kwargs = {
-        "attention_mask": attention_mask,
-        "position_ids": position_ids_from_mask(attention_mask),
-        "use_cache": False,
-        **model_inputs,
-    }
-    if inputs_embeds is not None:
-        kwargs["inputs_embeds"] = inputs_embeds
-    else:
-        kwargs["input_ids"] = input_ids
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # older model classes without logits_to_keep
-        out = model(**kwargs)
-    return out.logits[:, -1, :]
+    return _forward_last(model, attention_mask, input_ids, inputs_embeds, **model_inputs).logits[:, -1, :]
 
 
 def final_hidden_state(
@@ -84,20 +89,8 @@ def final_hidden_state(
     **model_inputs,
 ) -> torch.Tensor:
     """``(B, d)`` final hidden state (after the backbone's last norm) at the answer position."""
-    kwargs = {
-        "attention_mask": attention_mask,
-        "position_ids": position_ids_from_mask(attention_mask),
-        "use_cache": False,
-        "output_hidden_states": True,
-        **model_inputs,
-    }
-    kwargs["inputs_embeds" if inputs_embeds is not None else "input_ids"] = (
-        inputs_embeds if inputs_embeds is not None else input_ids
-    )
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # older model classes without logits_to_keep
-        out = model(**kwargs)
+    out = _forward_last(model, attention_mask, input_ids, inputs_embeds, output_hidden_states=True,
+                        **model_inputs)
     return out.hidden_states[-1][:, -1, :]
 
 
