@@ -101,3 +101,27 @@ def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):
         config, model, train, valid, _ = build(tiny_root, tmp_path / bad.stem, lora_checkpoint=str(bad))
         with pytest.raises(UsageError, match="lora_checkpoint"):
             HistLLMTrainer(config, model).fit(train, valid)
+
+
+def test_stage_epochs_zero_skips_the_stage(tiny_root, tmp_path):
+    config, model, train, valid, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=1)
+    before = lora_tensors(model)
+    trainer = HistLLMTrainer(config, model)
+    calls = []
+    original = trainer.valid_metrics
+    trainer.valid_metrics = lambda *a, **k: calls.append(k.get("desc")) or original(*a, **k)
+    trainer.fit(train, valid)
+    assert calls == ["stage2 valid"]
+    assert trainer.stage_summaries["stage1"]["skipped"] is True
+    assert trainer.stage_summaries["stage2"]["rows_trained"] > 0
+    assert all(torch.equal(v, lora_tensors(model)[k]) for k, v in before.items())  # LoRA untouched
+    assert not (tmp_path / "HistLLM-stage1.pth").exists() and (tmp_path / "HistLLM-stage2.pth").exists()
+    assert trainer.best_valid_result == {k: trainer.stage_summaries["stage2"]["best_valid"][k] for k in ("auc", "uauc")}
+
+
+def test_every_stage_skipped_scores_the_valid_rows_untrained(tiny_root, tmp_path):
+    config, model, train, valid, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=0)
+    trainer = HistLLMTrainer(config, model)
+    trainer.fit(train, valid)
+    assert trainer.stage_summaries["stage1"]["skipped"] and trainer.stage_summaries["stage2"]["skipped"]
+    assert 0.0 <= trainer.best_valid_result["auc"] <= 1.0 and "no_training" in trainer.stage_summaries

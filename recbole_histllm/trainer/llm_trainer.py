@@ -11,7 +11,8 @@
   (zero-shot) is only scored.
 
 Each stage has its own ``stage{k}_epochs``, ``stage{k}_learning_rate``, ``stage{k}_batch_size`` and
-``stage{k}_train_rows`` (rows drawn afresh each epoch; ~ = all), early-stops on AUC over a fixed
+``stage{k}_train_rows`` (rows drawn afresh each epoch; ~ = all; ``stage{k}_epochs: 0`` skips the stage and
+leaves its weights as initialised, recorded as ``skipped: true``), early-stops on AUC over a fixed
 ``valid_rows`` subsample of the valid split, saves ONLY trainable weights (never the backbone)
 to ``<checkpoint_dir>/<model>-stage{k}.pth`` after every epoch, and resumes from there after a
 kill when rerun with the same ``--output_dir``.
@@ -238,6 +239,11 @@ class LLMTrainer(Trainer):
         present = {g for g in model.stage_trainable.get(stage, ()) if g == LORA or modules.get(g) is not None}
         if given and present == {LORA}:  # a LoRA-only stage (TALLRec's vma group is absent without images)
             return self._load_lora_stage(key, str(given))
+        epochs = int(_cfg(cfg, f"{key}_epochs", 1))
+        if epochs == 0:  # the stage is off: its trainable weights stay as initialised (LoRA: the identity)
+            self.logger.info(set_color(key, "green") + f": skipped ({key}_epochs: 0)")
+            return {"skipped": True, "time_s": 0.0, "rows_trained": 0, "best_epoch": None, "best_valid_auc": None,
+                    "best_valid": None, "epochs": []}
         path = self._stage_file(stage)
         saved = torch.load(path, map_location="cpu", weights_only=False) if os.path.isfile(path) else None
         distributed.barrier()  # every rank has read the stage file before rank 0 may rewrite it
@@ -246,7 +252,6 @@ class LLMTrainer(Trainer):
             self.logger.info(f"{key}: finished earlier, loaded its best weights from {path}")
             return saved["summary"]
 
-        epochs = int(_cfg(cfg, f"{key}_epochs", 1))
         batch_size = int(_cfg(cfg, f"{key}_batch_size", 8))
         budget = _cfg(cfg, f"{key}_train_rows")
         rows_per_epoch = len(train_ds) if budget is None else min(int(budget), len(train_ds))
@@ -350,8 +355,9 @@ class LLMTrainer(Trainer):
         for stage in stages:
             self.stage_summaries[f"stage{stage}"] = self._run_stage(stage, train_ds, valid_ds, valid_rows,
                                                                     show_progress)
-        if stages:
-            last = self.stage_summaries[f"stage{stages[-1]}"]
+        trained = [s for s in stages if not self.stage_summaries[f"stage{s}"].get("skipped")]
+        if trained:
+            last = self.stage_summaries[f"stage{trained[-1]}"]
             best = dict(last["best_valid"] or {})
             self.best_epoch = last["best_epoch"]
         else:
