@@ -603,15 +603,21 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     return table
 
 
+MAX_SEED_COUNT, SEED_MIN = 100, 1000  # --seeds=3: three seeds; --seeds=2022: the one seed 2022
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``--seeds=N`` (seeds 2020 .. 2020+N-1) or an explicit list ``--seeds=2021,2022``."""
+    """``--seeds=N`` (seeds 2020 .. 2020+N-1), one seed ``--seeds=2022`` (a single number >= 1000 is a seed,
+    not a count) or an explicit list ``--seeds=2021,2022``."""
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--seeds={text}: expected a count (3) or a list of seeds (2020,2021)") from None
-    if len(values) == 1 and "," not in str(text):
-        if values[0] < 1:
-            raise UsageError(f"--seeds={text}: the count must be >= 1")
+    if not values:
+        raise UsageError(f"--seeds={text}: expected a count (3) or a list of seeds (2020,2021)")
+    if len(values) == 1 and "," not in str(text) and values[0] < SEED_MIN:
+        if not 1 <= values[0] <= MAX_SEED_COUNT:
+            raise UsageError(f"--seeds={text}: a count must be 1..{MAX_SEED_COUNT} (a number >= {SEED_MIN} is a seed)")
         return list(range(2020, 2020 + values[0]))
     return values
 

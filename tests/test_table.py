@@ -275,7 +275,8 @@ def test_seeds_as_count_or_list():
     assert parse_seeds("3") == [2020, 2021, 2022]
     assert parse_seeds("2021,2022") == [2021, 2022]
     assert parse_seeds("2022,") == [2022]
-    for bad in ("0", "x", "1,b"):
+    assert parse_seeds("2022") == [2022]  # a single number >= 1000 is a seed, not 2,022 seeds
+    for bad in ("0", "x", "1,b", "101", ","):
         with pytest.raises(UsageError):
             parse_seeds(bad)
 
