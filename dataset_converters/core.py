@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dataset_converters.cli import int_at_least
+
 logger = logging.getLogger("dataset_converters")
 
 INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
@@ -658,12 +660,12 @@ def configure_logging(verbose: bool = False) -> None:
 def add_common_args(parser: Any, default_core: int = 0) -> None:
     """Options shared by every converter's command line."""
     parser.add_argument("--out", required=True, help="output folder, e.g. dataset/movie")
-    parser.add_argument("--max_history", type=int, default=20, help="liked items kept per row")
-    parser.add_argument("--user_core", type=int, default=default_core, help="k-core on users (rows)")
-    parser.add_argument("--item_core", type=int, default=default_core, help="k-core on items (rows)")
-    parser.add_argument("--sample_users", type=int, default=None, help="keep N random users")
-    parser.add_argument("--sample_items", type=int, default=None, help="keep N random items")
-    parser.add_argument("--seed", type=int, default=2024, help="sampling seed")
+    parser.add_argument("--max_history", type=int_at_least(1), default=20, help="liked items kept per row")
+    parser.add_argument("--user_core", type=int_at_least(0), default=default_core, help="k-core on users (rows)")
+    parser.add_argument("--item_core", type=int_at_least(0), default=default_core, help="k-core on items (rows)")
+    parser.add_argument("--sample_users", type=int_at_least(1), default=None, help="keep N random users")
+    parser.add_argument("--sample_items", type=int_at_least(1), default=None, help="keep N random items")
+    parser.add_argument("--seed", type=int_at_least(0), default=2024, help="sampling seed")
     parser.add_argument(
         "--missing_meta",
         choices=MISSING_META_CHOICES,

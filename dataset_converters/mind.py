@@ -17,6 +17,7 @@ import argparse
 import calendar
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataset_converters.cli import Parser, existing_dir, run_main
 from dataset_converters.core import (
     ConversionReport,
     add_common_args,
@@ -187,9 +189,10 @@ def build_mind(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, nargs="+", help="folder(s) with behaviors.tsv and news.tsv")
-    parser.add_argument("--images", default=None, help="image folder, <news_id>.jpg")
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=existing_dir, nargs="+",
+                        help="folder(s) with behaviors.tsv and news.tsv")
+    parser.add_argument("--images", type=existing_dir, default=None, help="image folder, <news_id>.jpg")
     add_common_args(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -211,4 +214,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

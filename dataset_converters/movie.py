@@ -16,11 +16,13 @@ import io
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dataset_converters.cli import Parser, existing_dir, run_main
 from dataset_converters.core import (
     ConversionReport,
     add_common_args,
@@ -274,9 +276,9 @@ def build_movie(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, help="folder with the Kaggle csv files")
-    parser.add_argument("--images", default=None, help="poster folder, <movieId>.jpg")
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=existing_dir, help="folder with the Kaggle csv files")
+    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movieId>.jpg")
     parser.add_argument("--ratings", default=None, help="ratings file name (default ratings_small.csv, ratings.csv)")
     parser.add_argument(
         "--movielens_titles",
@@ -306,4 +308,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

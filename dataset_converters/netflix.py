@@ -18,12 +18,14 @@ import calendar
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dataset_converters.cli import Parser, existing_dir, existing_file, run_main
 from dataset_converters.core import (
     ConversionReport,
     add_common_args,
@@ -205,10 +207,11 @@ def build_netflix(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, help="folder with combined_data_*.txt and movie_titles.csv")
-    parser.add_argument("--titles", default=None, help="movie_titles.csv (default: in --raw)")
-    parser.add_argument("--images", default=None, help="poster folder, <movie_id>.jpg")
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=existing_dir,
+                        help="folder with combined_data_*.txt and movie_titles.csv")
+    parser.add_argument("--titles", type=existing_file, default=None, help="movie_titles.csv (default: in --raw)")
+    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movie_id>.jpg")
     add_common_args(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -231,4 +234,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -67,9 +67,17 @@ class Config(RecBoleConfig):
 
     def _load_config_files(self, file_list):
         file_config = {}
+        self.key_origin = {}  # user-given key -> "cmd" or the YAML file it came from (error messages)
         for file in file_list or []:
-            file_config.update(read_yaml(file, self.yaml_loader))
+            values = read_yaml(file, self.yaml_loader)
+            file_config.update(values)
+            self.key_origin.update(dict.fromkeys(values, str(file)))
         return file_config
+
+    def _load_variable_config_dict(self, config_dict):
+        values = super()._load_variable_config_dict(config_dict)
+        self.key_origin = {**getattr(self, "key_origin", {}), **dict.fromkeys(values or {}, "cmd")}
+        return values
 
     def _get_model_and_dataset(self, model, dataset):
         if isinstance(model, str):

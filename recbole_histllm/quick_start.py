@@ -26,6 +26,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_histllm import distributed
 from recbole_histllm.config import Config
+from recbole_histllm.config_schema import check_config
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer
 
 USAGE = (
@@ -175,6 +176,7 @@ def run(
             f"unknown config key(s) {', '.join(unknown)} (from the command line or "
             f"{' '.join(config_file_list or []) or 'no file'}); see properties/ for the keys"
         )
+    check_config(config)  # every bad value at once, before any data or model is built
     check_dataset(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     config["checkpoint_dir"] = str(output_dir)
@@ -262,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     logging.shutdown()
     print(f"results written to {output_dir}")

@@ -17,6 +17,11 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line and exit code 2 by the CLI."""
 
 
+class InputError(UsageError, ValueError):
+    """A value or file the user can fix (a checkpoint of the wrong kind, a dataset without what a model needs);
+    a ValueError too, for callers of the library functions."""
+
+
 def model_module_name(model_name: str) -> str:
     """Module file for a model name: ``TALLRec-image`` -> ``tallrec_image``."""
     return model_name.lower().replace("-", "_")

@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataset_converters.cli import Parser, existing_dir, int_at_least, number_in, run_main
+from recbole_histllm.utils import UsageError
+
 logger = logging.getLogger(__name__)
 
 #: Appendix A.2, Fig. 9 (movie) and its news variant (MIND).
@@ -317,19 +320,20 @@ def copy_source_column(
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recbole_histllm.features.knowledge", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m recbole_histllm.features.knowledge", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True)
     p.add_argument("--data_path", default="dataset")
-    p.add_argument("--llm", default=None, help="local Hugging Face causal LM folder (config key llm_path)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--max_new_tokens", type=int, default=40)
-    p.add_argument("--max_words", type=int, default=40)
+    p.add_argument("--llm", type=existing_dir, default=None, help="local Hugging Face causal LM folder (config key "
+                   "llm_path)")
+    p.add_argument("--batch_size", type=int_at_least(1), default=16)
+    p.add_argument("--max_new_tokens", type=int_at_least(1), default=40)
+    p.add_argument("--max_words", type=int_at_least(1), default=40)
     p.add_argument("--source", choices=["overview", "abstract"], default=None)
     p.add_argument("--domain", choices=["movie", "news"], default=None, help="default: inferred from --dataset")
-    p.add_argument("--limit", type=int, default=None, help="process at most N items (smoke runs, timing)")
-    p.add_argument("--flush_every", type=int, default=1, help="rewrite the file every N batches")
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="process at most N items (smoke runs, timing)")
+    p.add_argument("--flush_every", type=int_at_least(1), default=1, help="rewrite the file every N batches")
     p.add_argument("--chat_template", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--repetition_penalty", type=number_in(0, low_open=True), default=1.0)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="weights dtype; bf16 autocast is used where supported")
     p.add_argument("--no_bf16", action="store_true", help="disable bf16 autocast")
@@ -343,7 +347,7 @@ def main(argv: Sequence[str] | None = None, generator: Generator | None = None) 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     path = Path(args.data_path) / args.dataset / f"{args.dataset}.text"
     if not path.is_file():
-        raise SystemExit(f"no side file {path} (run the dataset converter first)")
+        raise UsageError(f"no side file {path} (run the dataset converter first)")
     if args.source:
         stats = copy_source_column(path, args.source, max_words=args.max_words, limit=args.limit)
         logger.info("descriptions from column %r: %s", args.source, stats)
@@ -387,4 +391,4 @@ def main(argv: Sequence[str] | None = None, generator: Generator | None = None) 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, errors=()))

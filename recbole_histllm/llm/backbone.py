@@ -40,7 +40,7 @@ _MARKER = "recbole_histllm_source.json"
 DTypeLike = torch.dtype | str | None
 
 
-class BackboneNotFoundError(FileNotFoundError):
+class BackboneNotFoundError(UsageError, FileNotFoundError):
     """The backbone named by the config key ``llm_path`` (or the default package) is missing."""
 
 

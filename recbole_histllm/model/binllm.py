@@ -18,6 +18,7 @@ import torch
 from recbole_histllm.llm import BINLLM, BINLLM_IMAGE, TALLREC, PromptSample, PromptTemplate
 from recbole_histllm.model.hashmf import load_hash_codes
 from recbole_histllm.model.llm_recommender import LORA, CollaborativeModel, LLMRecommender, model_name
+from recbole_histllm.utils import InputError
 
 CODE_FORMATS = ("binary", "dotted")
 
@@ -58,7 +59,8 @@ class BinLLM(LLMRecommender):
     def load_collaborative(self, checkpoint: str | Path, dataset) -> None:
         user, item = load_hash_codes(checkpoint, dataset)
         if user.shape[1] != self.bits:
-            raise ValueError(f"{checkpoint}: {user.shape[1]}-bit codes, but binllm_bits is {self.bits}")
+            raise InputError(f"config key `hash_checkpoint`: {checkpoint} holds {user.shape[1]}-bit codes, "
+                             f"but binllm_bits is {self.bits}")
         self.user_codes.copy_(user.to(self.user_codes))
         self.item_codes.copy_(item.to(self.item_codes))
 

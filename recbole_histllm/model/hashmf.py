@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from recbole_histllm.model.mf import MF, load_mf_embeddings
+from recbole_histllm.utils import InputError
 
 
 class _SignSTE(torch.autograd.Function):
@@ -60,7 +61,7 @@ def load_hash_codes(checkpoint: str | os.PathLike, dataset) -> tuple[torch.Tenso
     """``(user_codes, item_codes)`` in {-1, +1} of a trained HashMF, rows in ``dataset``'s ids."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     if "user_hash.weight" not in state:
-        raise ValueError(f"{checkpoint}: not a HashMF checkpoint (no hashing layers); hash_checkpoint "
+        raise InputError(f"{checkpoint}: not a HashMF checkpoint (no hashing layers); hash_checkpoint "
                          "must name a checkpoint of --model=HashMF")
     user, item = load_mf_embeddings(checkpoint, dataset)  # aligned by raw id; unseen ids -> zero rows
     codes = []

@@ -17,6 +17,8 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 from torch import nn
 
+from recbole_histllm.utils import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +68,8 @@ def load_mf_embeddings(checkpoint: str | os.PathLike, dataset) -> tuple[torch.Te
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     weights, other = state["state_dict"], state.get("other_parameter") or {}
     if "user_tokens" not in other:
-        raise ValueError(f"{checkpoint}: not an MF checkpoint of recbole_histllm (no user_tokens)")
+        raise InputError(f"config key `mf_checkpoint`: {checkpoint} is not an MF checkpoint of recbole_histllm "
+                         "(no user_tokens)")
     tables = []
     for kind, field in (("user", dataset.uid_field), ("item", dataset.iid_field)):
         source = weights[f"{kind}_embedding.weight"]
@@ -79,6 +82,9 @@ def load_mf_embeddings(checkpoint: str | os.PathLike, dataset) -> tuple[torch.Te
             dst, src = zip(*found)
             table[list(dst)] = source[list(src)]
         missing = len(rows) - len(found)
+        if rows and not found:
+            raise InputError(f"MF checkpoint {checkpoint}: none of this dataset's {len(rows)} {kind}s is in it "
+                             "(a checkpoint of another dataset?)")
         if missing:
             logger.warning(f"MF checkpoint {checkpoint}: {missing} of {len(rows)} {kind}s unseen, zero embeddings")
         tables.append(table)

@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_histllm.utils import InputError
+
 logger = logging.getLogger(__name__)
 
 
-class FeatureError(ValueError):
+class FeatureError(InputError):
     """Item features that are present but unusable (reported before training)."""
 
 
@@ -110,7 +112,7 @@ class MultimodalRecommender(GeneralRecommender):
         self.modalities = [name for name, feat in (("image", self.v_feat), ("text", self.t_feat)) if feat is not None]
         self.train_users, self.train_items = positive_pairs(dataset, self.LABEL)
         if len(self.train_users) == 0:
-            raise ValueError(f"{type(self).__name__}: the train split has no positive ({self.LABEL} = 1) rows")
+            raise InputError(f"{type(self).__name__}: the train split has no positive ({self.LABEL} = 1) rows")
         dims = ", ".join(
             f"{name} {tuple(feat.shape)}" for name, feat in (("image", self.v_feat), ("text", self.t_feat))
             if feat is not None
