@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -102,6 +103,25 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def code_version() -> dict[str, Any]:
+    """Which code made a run: the package version and, in a git checkout, the commit and whether tracked
+    files differed from it (``dirty``); commit and dirty are None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    version = {"package": package_versions().get("recbole-histllm"), "commit": None, "dirty": None}
+    if not (root / ".git").exists():
+        return version
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if commit.returncode == 0:
+        version.update(commit=commit.stdout.strip(), dirty=bool(status.stdout.strip()))
+    return version
 
 
 def write_predictions(path: Path, dataset, data_struct) -> int:
@@ -238,6 +258,7 @@ def run(
         "stages": getattr(trainer, "stage_summaries", None),
         "checkpoint": trainer.saved_model_file,
         "versions": package_versions(),
+        "code": code_version(),
         "config": config.final_config_dict,
         "finished": datetime.now().isoformat(timespec="seconds"),
     }

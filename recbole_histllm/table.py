@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from recbole_histllm.config_schema import check_values
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.utils import UsageError
 
@@ -414,6 +415,19 @@ def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
     return {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
 
 
+def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
+    """``{code version: runs}`` over a table's runs: the commit (12 characters, ``+dirty`` when tracked files
+    differed from it), else the package version, else ``unrecorded`` (runs older than ``result.json``'s
+    ``code`` entry)."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        code = (read_result(run / "result.json") or {}).get("code") or {}
+        label = (code["commit"][:12] + ("+dirty" if code.get("dirty") else "")) if code.get("commit") else \
+            (f"version {code['package']}" if code.get("package") else "unrecorded")
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int], dict[str, float]], str, set[int]]:
     """Metrics of every (row index, seed) run on the rows that every run OF ITS SEED scored (a
     ``test_rows`` subset is drawn per seed, so runs of one seed compare on identical rows and each
@@ -591,6 +605,10 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
             f"runs scored {sorted(sizes)} rows; metrics on the rows all runs of a seed scored")
     caption = (f"{dataset}: test AUC / UAUC over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
                f"{n_common} test rows per seed ({note}).")
+    versions = code_versions(runs)
+    if len(versions) > 1:  # runs of different code in one table: said in the caption and printed
+        caption += " Runs of several code versions: " + ", ".join(f"{v} ({n})" for v, n in versions.items()) + "."
+        print(f"warning: the table mixes runs of {len(versions)} code versions: {dict(versions)}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     table.assign(test_rows=n_common).to_csv(root / f"table_{kind}.csv", index=False)
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
@@ -650,10 +668,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--export_runs needs a folder: --export_runs=DIR")
         args.pop("debug", None)
         extra = {k: _value(v) for k, v in args.items()}
+        errors = check_values(extra)[1] + [e for row in rows for e in check_values(row.overrides)[1]]
+        if errors:  # the values are checked here once, not by every run this table would launch
+            raise UsageError("\n".join(dict.fromkeys(errors)))
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
                       reuse_only, Path(export) if export is not None else None)
     except (UsageError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     if table is not None:
         print((out / dataset / f"table_{kind}.md").read_text(encoding="utf-8"))

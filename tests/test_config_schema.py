@@ -191,3 +191,14 @@ def test_tool_options_exit_2_with_one_line(module, args, expected, tmp_path, cap
     code = run_main(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(expected.replace("{tmp}", str(tmp_path))), err
+
+
+def test_table_runner_checks_the_keys_it_would_pass_to_every_run(tmp_path, capsys):
+    from recbole_histllm import table
+
+    code = table.main(["--dataset=ml-100k", "--models=MF,Big=MF:embedding_size=0", "--stage1_batch_size=0",
+                       f"--out={tmp_path}", "--dry_run"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err == ["error: --stage1_batch_size=0: must be an integer >= 1",
+                                 "error: --embedding_size=0: must be an integer >= 1"]
+    assert not any(tmp_path.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -301,3 +302,22 @@ def test_each_seed_compares_on_its_own_common_rows(tmp_path):
     assert n_common == str(39 * 6) and sizes == {240, 234}  # 39 users per seed, not the 19 both seeds share
     frame = pd.read_csv(runs[(0, 2021)] / "test_predictions.csv").iloc[6:]
     assert scores[(0, 2021)]["auc"] == pytest.approx(roc_auc_score(frame.label, frame.score), abs=1e-12)
+
+
+def test_code_versions_of_a_tables_runs(tmp_path):
+
+    from recbole_histllm.quick_start import code_version
+    from recbole_histllm.table import code_versions
+
+    codes = [{"package": "0.1.0", "commit": "a" * 40, "dirty": False}, {"package": "0.1.0", "commit": "b" * 40,
+             "dirty": True}, {"package": "0.1.0", "commit": None, "dirty": None}, None]
+    runs = {}
+    for i, code in enumerate(codes + codes[:1]):
+        run = tmp_path / f"r{i}"
+        run.mkdir()
+        (run / "result.json").write_text(json.dumps({"code": code} if code else {}))
+        runs[(i, 2020)] = run
+    assert code_versions(runs) == {"a" * 12: 2, "b" * 12 + "+dirty": 1, "version 0.1.0": 1, "unrecorded": 1}
+    here = code_version()
+    in_checkout = (Path(__file__).resolve().parent.parent / ".git").exists()
+    assert (len(here["commit"] or "") == 40) == in_checkout and here["package"]
