@@ -1,4 +1,22 @@
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithProperties(build_py):
+    """Ship the top-level ``properties/`` (the project's layout) inside the package as
+    ``recbole_histllm/properties``, where an installed wheel looks them up (``utils.PROPERTIES_DIR``).
+    An editable install reads them from the source tree instead."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "recbole_histllm" / "properties"
+        shutil.copytree(Path(__file__).resolve().parent / "properties", target, dirs_exist_ok=True)
+
 
 setup(
     name="recbole-histllm",
@@ -28,4 +46,5 @@ setup(
     ],
     extras_require={"test": ["pytest", "ruff"]},
     entry_points={"console_scripts": ["recbole-histllm=recbole_histllm.quick_start:main"]},
+    cmdclass={"build_py": BuildWithProperties},
 )

@@ -10,7 +10,9 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-PROPERTIES_DIR = PACKAGE_ROOT.parent / "properties"
+# the source tree's top-level properties/, or the copy an installed wheel carries inside the package (setup.py)
+PROPERTIES_DIR = next((p for p in (PACKAGE_ROOT.parent / "properties", PACKAGE_ROOT / "properties") if p.is_dir()),
+                      PACKAGE_ROOT.parent / "properties")
 
 
 class UsageError(Exception):
