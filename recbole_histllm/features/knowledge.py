@@ -20,13 +20,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_converters.cli import Parser, existing_dir, int_at_least, number_in, run_main
+from recbole_histllm.features.files import atomic_write
 from recbole_histllm.utils import UsageError
 
 logger = logging.getLogger(__name__)
@@ -86,20 +86,10 @@ def read_text_table(path: str | os.PathLike) -> TextTable:
 
 def write_text_table(path: str | os.PathLike, table: TextTable) -> None:
     """Write atomically (temp file in the same folder, then rename): a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write("\t".join(table.header) + "\n")
-            for r in table.rows:
-                f.write("\t".join(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write("\t".join(table.header) + "\n")
+        for r in table.rows:
+            f.write("\t".join(r) + "\n")
 
 
 # ---- text cleaning -----------------------------------------------------------------------------

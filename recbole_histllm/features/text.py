@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from dataset_converters.cli import Parser, existing_dir, int_at_least, run_main
+from recbole_histllm.features.files import read_item_file, rewrite_item_file
 from recbole_histllm.utils import UsageError
 
 logger = logging.getLogger(__name__)
@@ -117,39 +117,14 @@ def item_texts(text_path: Path, columns: Sequence[str]) -> dict[str, str]:
     return texts
 
 
-def read_item_file(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a RecBole atomic file, every field kept verbatim."""
-    if not path.is_file():
-        raise TextFeatureError(f"item file not found: {path} (convert the dataset first)")
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().splitlines()
-    if not lines:
-        raise TextFeatureError(f"{path}: empty item file (no header)")
-    return lines[0].split("\t"), [line.split("\t") for line in lines[1:] if line.strip()]
-
-
 def write_text_column(path: Path, header: list[str], rows: list[list[str]], vectors: dict[str, str], dim: int) -> None:
     """Rewrite ``path`` with a fresh ``text:float_seq`` column last (an old one dropped), atomically."""
     names = [h.split(":")[0] for h in header]
     if "item_id" not in names:
         raise TextFeatureError(f"{path}: no item_id column in the header {header}")
-    item_col = names.index("item_id")
-    keep = [i for i, name in enumerate(names) if name != TEXT_FIELD]
-    zero = " ".join(["0"] * dim)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write("\t".join([header[i] for i in keep] + [f"{TEXT_FIELD}:float_seq"]) + "\n")
-            for row in rows:
-                row = row + [""] * (len(header) - len(row))
-                handle.write("\t".join([row[i] for i in keep] + [vectors.get(row[item_col], zero)]) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    item_col, zero = names.index("item_id"), " ".join(["0"] * dim)
+    rewrite_item_file(path, header, rows, {TEXT_FIELD}, [f"{TEXT_FIELD}:float_seq"],
+                      lambda row: [vectors.get(row[item_col], zero)])
 
 
 def extract_text_features(

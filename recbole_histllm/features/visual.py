@@ -26,7 +26,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ import yaml
 from torch import nn
 
 from dataset_converters.cli import Parser, existing_dir, existing_file, existing_path, int_at_least, run_main
+from recbole_histllm.features.files import atomic_write, read_item_file, rewrite_item_file
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError
 
 logger = logging.getLogger(__name__)
@@ -371,12 +371,6 @@ def find_images(
     return found
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _file_signature(path: Path) -> str:
     stat = path.stat()
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -455,30 +449,12 @@ class EmbeddingCache:
         ids = list(self.entries)
         sigs = [self.entries[i][0] for i in ids]
         emb = np.stack([self.entries[i][1] for i in ids]).astype(np.float32)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, meta=np.array(self.fingerprint), ids=np.array(ids), sigs=np.array(sigs), emb=emb)
-            os.chmod(tmp, _default_mode())
-            os.replace(tmp, self.path)
-            self.dirty = False
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path, binary=True) as handle:
+            np.savez(handle, meta=np.array(self.fingerprint), ids=np.array(ids), sigs=np.array(sigs), emb=emb)
+        self.dirty = False
 
 
 # --------------------------------------------------------------------------- item file
-
-
-def read_item_file(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a RecBole atomic file, fields kept verbatim."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().splitlines()
-    if not lines:
-        raise UsageError(f"{path}: empty item file (no header)")
-    header = lines[0].split("\t")
-    rows = [line.split("\t") for line in lines[1:] if line.strip()]
-    return header, rows
 
 
 def format_vector(vector: np.ndarray) -> str:
@@ -495,31 +471,20 @@ def write_item_file(
     dim: int,
 ) -> None:
     """Rewrite ``path`` with fresh image columns (old ones dropped), atomically."""
-    drop = {i for i, name in enumerate(header) if name.split(":")[0] in (IMAGE_FIELD, HAS_IMAGE_FIELD)}
-    keep = [i for i in range(len(header)) if i not in drop]
     zero = " ".join(["0"] * dim)
-    out_header = [header[i] for i in keep] + [f"{IMAGE_FIELD}:float_seq", f"{HAS_IMAGE_FIELD}:float"]
     formatted: dict[str, str] = {}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write("\t".join(out_header) + "\n")
-            for row in rows:
-                row = row + [""] * (len(header) - len(row))
-                item = row[item_col]
-                vector = embeddings.get(item)
-                if vector is not None and item not in formatted:
-                    formatted[item] = format_vector(vector)
-                fields = [row[i] for i in keep]
-                fields += [formatted[item], "1"] if vector is not None else [zero, "0"]
-                handle.write("\t".join(fields) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def image_fields(row: list[str]) -> list[str]:
+        item = row[item_col]
+        vector = embeddings.get(item)
+        if vector is None:
+            return [zero, "0"]
+        if item not in formatted:
+            formatted[item] = format_vector(vector)
+        return [formatted[item], "1"]
+
+    rewrite_item_file(path, header, rows, {IMAGE_FIELD, HAS_IMAGE_FIELD},
+                      [f"{IMAGE_FIELD}:float_seq", f"{HAS_IMAGE_FIELD}:float"], image_fields)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -579,8 +544,6 @@ def extract_visual_features(
     """Embed every item's image and write ``image``/``has_image`` into ``<name>.item``."""
     start = time.perf_counter()
     item_path = Path(data_path) / dataset / f"{dataset}.item"
-    if not item_path.is_file():
-        raise UsageError(f"item file not found: {item_path}")
     header, rows = read_item_file(item_path)
     names = [h.split(":")[0] for h in header]
     if item_field not in names:
