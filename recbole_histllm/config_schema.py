@@ -315,8 +315,6 @@ def _cross_checks(values: dict[str, Any]) -> list[tuple[str, str]]:
     if values.get("binllm_code_format") == "dotted" and isinstance(values.get("binllm_bits"), int) \
             and values["binllm_bits"] % 8:
         problems.append(("binllm_bits", "must be a multiple of 8 with binllm_code_format: dotted"))
-    if values.get("load_in_8bit") is True and values.get("load_in_4bit") is True:
-        problems.append(("load_in_4bit", "cannot be true together with load_in_8bit"))
     if values.get("vlm_path") and not values.get("poster_dir"):
         problems.append(("poster_dir", "must be set when vlm_path is set"))
     return problems
@@ -372,6 +370,14 @@ def check_config(config) -> None:
     origin = {key: path for key, (_, path) in defaults.items()}
     origin.update(getattr(config, "key_origin", {}))  # user-given keys: "cmd" or their YAML file
     fixed, errors = check_values(final, origin, defaults)
+    quantized = {k: bool(fixed.get(k)) for k in ("load_in_8bit", "load_in_4bit")}
+    if not errors and any(quantized.values()):  # both at once, no CUDA device, no bitsandbytes
+        from recbole_histllm.llm.backbone import QuantizationUnavailableError, quantization_config
+
+        try:
+            quantization_config(**quantized, device=final.get("device") or "cpu")
+        except QuantizationUnavailableError as err:
+            errors.append(str(err))
     if errors:
         raise UsageError("\n".join(errors))
     final.update(fixed)

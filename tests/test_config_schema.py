@@ -151,8 +151,11 @@ def test_accepted_values_are_normalised(tmp_path, monkeypatch):
 def test_cross_key_rules():
     _, errors = check_values({"binllm_bits": 12, "binllm_code_format": "dotted"})
     assert errors == ["--binllm_bits=12: must be a multiple of 8 with binllm_code_format: dotted"]
-    _, errors = check_values({"load_in_8bit": True, "load_in_4bit": "true"})
-    assert len(errors) == 1 and "load_in_8bit" in errors[0]
+
+
+def test_quantization_without_cuda_stops_before_any_data(capsys, no_data):
+    code, err, _ = cli(capsys, "--model=HistLLM", "--load_in_8bit=true")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: config key `load_in_8bit` needs a CUDA GPU")
 
 
 def test_markdown_table_lists_every_key_and_the_doc_is_current():
