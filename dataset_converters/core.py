@@ -196,22 +196,35 @@ def read_text_file(path: str | os.PathLike, report: ConversionReport, fallback: 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
-def find_images(image_dir: str | os.PathLike | None, report: ConversionReport | None = None) -> set[str] | None:
-    """Ids (file stems) of the non-empty images ``<id>.<jpg|png|...>`` in ``image_dir``."""
-    if image_dir is None:
-        return None
-    folder = Path(image_dir)
+def image_files(folder: str | os.PathLike) -> tuple[dict[str, Path], int]:
+    """``({stem: path}, empty)``: the non-empty image files ``<stem>.<jpg|jpeg|png|...>`` of ``folder``
+    (suffix case-insensitive; a stem with several files takes the first suffix of ``IMAGE_SUFFIXES``) and
+    the number of empty image files left out. The one image lookup of the converters, the visual feature
+    tool and ZeroShot's posters. Raises FileNotFoundError when ``folder`` is not a folder."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    found: set[str] = set()
+    rank = {suffix: i for i, suffix in enumerate(IMAGE_SUFFIXES)}
+    best: dict[str, tuple[int, Path]] = {}
     empty = 0
-    for entry in os.scandir(folder):
-        suffix = os.path.splitext(entry.name)[1].lower()
-        if suffix in IMAGE_SUFFIXES and entry.is_file():
-            if entry.stat().st_size > 0:
-                found.add(os.path.splitext(entry.name)[0])
-            else:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, suffix = os.path.splitext(entry.name)
+            if suffix.lower() not in rank or not entry.is_file():
+                continue
+            if entry.stat().st_size == 0:
                 empty += 1
+            elif stem not in best or rank[suffix.lower()] < best[stem][0]:
+                best[stem] = (rank[suffix.lower()], Path(entry.path))
+    return {stem: path for stem, (_, path) in best.items()}, empty
+
+
+def find_images(image_dir: str | os.PathLike | None, report: ConversionReport | None = None) -> set[str] | None:
+    """Ids (file stems) of the non-empty images ``<id>.<jpg|png|...>`` in ``image_dir`` (:func:`image_files`)."""
+    if image_dir is None:
+        return None
+    files, empty = image_files(image_dir)
+    found = set(files)
     if report is not None:
         report.drop("empty_image_files", empty)
         report.info["images_found"] = len(found)

@@ -37,6 +37,7 @@ import yaml
 from torch import nn
 
 from dataset_converters.cli import Parser, existing_dir, existing_file, existing_path, int_at_least, run_main
+from dataset_converters.core import image_files
 from recbole_histllm.features.files import atomic_write, read_item_file, rewrite_item_file
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError
 
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "vit_small_patch16_224.dino"
 IMAGE_FIELD = "image"
 HAS_IMAGE_FIELD = "has_image"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 WEIGHT_FILE_NAMES = (
     "model.safetensors",
     "pytorch_model.bin",
@@ -347,17 +347,10 @@ def find_images(
     absolute). Items without a file are absent from the result.
     """
     images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise UsageError(f"image folder not found: {images_dir}")
-    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
-    by_stem: dict[str, tuple[int, Path]] = {}
-    with os.scandir(images_dir) as entries:
-        for entry in entries:
-            stem, ext = os.path.splitext(entry.name)
-            ext = ext.lower()
-            if ext in rank and entry.is_file():
-                if stem not in by_stem or rank[ext] < by_stem[stem][0]:
-                    by_stem[stem] = (rank[ext], Path(entry.path))
+    try:
+        by_stem, _ = image_files(images_dir)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
     found: dict[str, Path] = {}
     for item in item_ids:
         if mapping is not None:
@@ -367,7 +360,7 @@ def find_images(
                 if path.is_file():
                     found[item] = path
         elif item in by_stem:
-            found[item] = by_stem[item][1]
+            found[item] = by_stem[item]
     return found
 
 

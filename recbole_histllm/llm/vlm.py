@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from dataset_converters.core import image_files
 from recbole_histllm.utils import UsageError
 
 from .backbone import DTypeLike, _to_dtype, prepare_tokenizer
@@ -28,7 +29,6 @@ from .scoring import yes_no_logits
 
 logger = logging.getLogger(__name__)
 
-POSTER_SUFFIXES = (".jpg", ".png")
 _UNSET = (None, "", "~", "None", "null")  # ("~" stays a string on the command line)
 
 
@@ -80,15 +80,12 @@ def load_vlm(
 def find_posters(poster_dir: str | os.PathLike, raw_ids: Sequence[str]) -> list[Path | None]:
     """``<poster_dir>/<raw id>.jpg`` (or ``.png``) per item id, None where there is none; the number
     of items without a poster is logged once. ``raw_ids[0]`` is RecBole's padding token (always None)."""
-    names = {p.name for p in Path(poster_dir).iterdir()}
-    posters: list[Path | None] = [None]
-    for raw in list(raw_ids)[1:]:
-        name = next((f"{raw}{s}" for s in POSTER_SUFFIXES if f"{raw}{s}" in names), None)
-        posters.append(Path(poster_dir) / name if name else None)
+    files, _ = image_files(poster_dir)
+    posters: list[Path | None] = [None] + [files.get(raw) for raw in list(raw_ids)[1:]]
     missing = sum(p is None for p in posters[1:])
     if missing:
         logger.warning(f"poster_dir {poster_dir}: {missing} of {len(posters) - 1} items have no poster "
-                       "(<raw item id>.jpg|.png); their images are left out of the prompt, their titles stay")
+                       "(<raw item id>.jpg|.png|...); their images are left out of the prompt, their titles stay")
     return posters
 
 
