@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from dataset_audit import check_history
 
 from dataset_converters import movie
-from dataset_converters.core import check_history, read_inter, read_text_table
+from dataset_converters.core import read_inter, read_text_table
 
 META_HEADER = (
     "adult,belongs_to_collection,budget,genres,homepage,id,imdb_id,original_language,original_title,overview,"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dataset_audit import check_history
 
 from dataset_converters import netflix
-from dataset_converters.core import check_history, read_inter, read_text_table
+from dataset_converters.core import read_inter, read_text_table
 
 
 def make_raw(root: Path) -> Path:

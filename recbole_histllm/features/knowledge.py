@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_converters.cli import Parser, existing_dir, int_at_least, number_in, run_main
+from dataset_converters.core import clean_text
 from recbole_histllm.features.files import atomic_write
 from recbole_histllm.utils import UsageError
 
@@ -93,13 +94,13 @@ def write_text_table(path: str | os.PathLike, table: TextTable) -> None:
 
 
 # ---- text cleaning -----------------------------------------------------------------------------
-_WS = re.compile(r"\s+")
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+")
 
 
-def clean_text(text: str) -> str:
-    """One line: tabs, newlines and runs of whitespace become single spaces."""
-    return _WS.sub(" ", text or "").strip()
+def one_line(text: str | None) -> str:
+    """The converters' TSV-safe text (:func:`dataset_converters.core.clean_text`) with every run of whitespace
+    made one space: what goes into a prompt or a one-line description."""
+    return " ".join(clean_text(text).split())
 
 
 def _split_sentences(text: str) -> list[str]:
@@ -109,7 +110,7 @@ def _split_sentences(text: str) -> list[str]:
 def first_sentences(text: str, max_words: int = 40) -> str:
     """Leading whole sentences totalling at most ``max_words`` words (at least the first
     sentence, itself cut to ``max_words`` words)."""
-    text = clean_text(text)
+    text = one_line(text)
     if not text:
         return ""
     out: list[str] = []
@@ -133,7 +134,7 @@ def postprocess_generation(text: str, max_words: int = 40, min_words: int = 8) -
     """
     text = (text or "").strip()
     text = re.split(r"#\s*(?:Question|Answer)\b|\n\s*\n", text, maxsplit=1)[0] if text else ""
-    text = clean_text(text)
+    text = one_line(text)
     text = re.sub(r"^(?:#?\s*Answer\s*:\s*)", "", text, flags=re.I)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -192,7 +193,7 @@ class LLMDescriber:
 
     def prompt(self, title: str) -> str:
         """The KE prompt for one title (Fig. 9), plain or chat-wrapped."""
-        question = KE_PROMPTS[self.domain].format(title=clean_text(title))
+        question = KE_PROMPTS[self.domain].format(title=one_line(title))
         if self.use_chat:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
@@ -264,7 +265,7 @@ def enhance_table(
             for i, title, raw in zip(idx, titles, outs, strict=True):
                 desc = postprocess_generation(raw, max_words=max_words)
                 if not desc:
-                    desc = clean_text(title)
+                    desc = one_line(title)
                     stats["fallback_title"] += 1
                 table.rows[i][c_desc] = desc
             stats["generated"] += len(idx)
