@@ -184,8 +184,8 @@ def test_llm_rows_of_a_seed_share_their_finished_stages(tiny_root, tmp_path, mon
     calls: list = []
     monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
     out = tmp_path / "tables"
-    args = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", f"--out={out}",
-            "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]
+    args = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", f"--out={out}", "--stage1_epochs=1",
+            "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]  # HistLLM: stage 1 on
     assert tbl.main(args) == 0
     given = {(label, seed): g for label, seed, g in calls}
     assert len(calls) == 12 and given[("HistLLM", 2020)] == {} and given[("HistLLM", 2021)] == {}
