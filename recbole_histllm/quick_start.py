@@ -223,17 +223,14 @@ def run(
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     best = {"epoch": None}
-    save_checkpoint = trainer._save_checkpoint
 
-    def record_best(epoch, *args, **kwargs):
-        best["epoch"] = epoch
-        return save_checkpoint(epoch, *args, **kwargs)
-
-    trainer._save_checkpoint = record_best
+    def record_best(epoch: int, valid_score: float) -> None:  # RecBole's fit: after each validation
+        if getattr(trainer, "cur_step", None) == 0:  # early_stopping resets it when the score improved
+            best["epoch"] = epoch
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=True, show_progress=config["show_progress"]
+        train_data, valid_data, saved=True, show_progress=config["show_progress"], callback_fn=record_best
     )
     times["train"] = time.time() - start
     start = time.time()

@@ -143,3 +143,15 @@ def test_config_priority_later_wins(tmp_path):
     assert config["reg_weight"] == 0.0001  # properties/model/MF.yaml
     assert config["metrics"] == ["AUC", "UAUC", "LogLoss"]  # properties/overall.yaml
     assert config["threshold"] is None  # ours over RecBole's ml-100k quick-start file
+
+
+def test_best_epoch_is_the_last_improvement_recbole_kept(ml100k_root, tmp_path, monkeypatch):
+    """``best_epoch`` follows RecBole's early stopping (ties keep the later epoch), from fit's callback."""
+    from recbole.trainer import Trainer
+
+    scores = iter([0.5, 0.7, 0.6, 0.7, 0.4])
+    monkeypatch.setattr(Trainer, "_valid_epoch", lambda self, *a, **k: (s := next(scores), {"auc": s}))
+    out = tmp_path / "out"
+    assert main(["--model=MF", "--dataset=ml-100k", f"--data_path={ml100k_root}", "--epochs=5", "--stopping_step=10",
+                 f"--output_dir={out}", "--show_progress=False"]) == 0
+    assert json.loads((out / "result.json").read_text())["best_epoch"] == 3
