@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from logging import getLogger
 
 import numpy as np
@@ -53,6 +54,73 @@ def _cfg(config, key, default=None):
     """``config[key]``, or ``default`` when unset (absent or null)."""
     value = config[key] if key in config else None
     return default if value is None else value
+
+
+@dataclass
+class _StageRun:
+    """What one training stage carries from epoch to epoch (and through a resume)."""
+
+    stage: int
+    epochs: int
+    batch_size: int
+    rows_per_epoch: int
+    accumulate: int
+    patience: int
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    first_epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": None, "state": None})
+    elapsed: float = 0.0
+    seen: int = 0
+    stale: int = 0
+
+    def restore(self, saved: dict, model) -> None:
+        """Continue after the last finished epoch of an unfinished stage file."""
+        model.load_checkpoint_state(saved["state"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.first_epoch, self.history = saved["epoch"] + 1, saved["history"]
+        self.elapsed, self.seen = saved["time_s"], saved["rows"]
+        self.best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "state": saved["best_state"]}
+        self.stale = 0 if self.best["epoch"] is None else len(self.history) - 1 - self.best["epoch"]
+
+    def end_epoch(self, epoch: int, loss: float, rows: int, train_s: float, epoch_s: float, result: dict,
+                  model) -> None:
+        """Record an epoch; keep the model's trainable state when valid AUC improved (early stopping)."""
+        self.elapsed += epoch_s
+        self.seen += rows
+        self.history.append({"epoch": epoch, "loss": loss, "train_s": round(train_s, 2),
+                             "rows_per_s": round(rows / max(train_s, 1e-9), 2), **result})
+        score = result["auc"] if not math.isnan(result["auc"]) else -math.inf
+        if score > self.best["score"]:
+            self.best = {"score": score, "epoch": epoch, "state": model.checkpoint_state()}
+            self.stale = 0
+        else:
+            self.stale += 1
+
+    def progress(self, epoch: int, model) -> dict:
+        """The unfinished stage file written after ``epoch`` (what :meth:`restore` reads)."""
+        return {"done": False, "epoch": epoch, "state": model.checkpoint_state(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "best_score": self.best["score"], "best_epoch": self.best["epoch"], "best_state": self.best["state"],
+                "history": self.history, "time_s": self.elapsed, "rows": self.seen}
+
+    def summary(self, valid_rows: int, peak_bytes: int | None) -> dict:
+        """The stage's entry of ``result.json``'s ``stages``."""
+        return {
+            "time_s": round(self.elapsed, 2),
+            "rows_trained": self.seen,
+            "samples_per_s": round(sum(h["rows_per_s"] for h in self.history) / max(len(self.history), 1), 2),
+            "best_epoch": self.best["epoch"],
+            "best_valid_auc": self.best["score"] if self.best["epoch"] is not None else None,
+            "best_valid": next((h for h in self.history if h["epoch"] == self.best["epoch"]), None),
+            "valid_rows": valid_rows,
+            "world_size": distributed.world_size(),
+            "peak_gpu_gib": round(peak_bytes / 2**30, 2) if peak_bytes is not None else None,
+            "epochs": self.history,
+        }
 
 
 class LLMTrainer(Trainer):
@@ -101,8 +169,8 @@ class LLMTrainer(Trainer):
         for start in tqdm(batches, desc=desc, ncols=100, disable=not self.config["show_progress"]):
             inter = dataset[torch.as_tensor(rows[start : start + size])].to(self.device)
             out["score"].append(self.model.predict(inter).float().cpu().numpy())
-            for key, field in fields.items():
-                out[key].append(inter[self.config[field]].cpu().numpy())
+            for key, name in fields.items():
+                out[key].append(inter[self.config[name]].cpu().numpy())
         local = {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
         if by_length is not None:  # back to the order of ``rows``
             restore = np.empty_like(by_length)
@@ -232,6 +300,9 @@ class LLMTrainer(Trainer):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def _run_stage(self, stage: int, train_ds, valid_ds, valid_rows: np.ndarray, show_progress: bool) -> dict:
+        """Train one stage (or skip it, or take it from ``lora_checkpoint`` or its finished file) and return
+        its summary: epochs of ``stage{k}_train_rows`` fresh rows, early stopping on valid AUC, the stage
+        file rewritten after every epoch (resume) and once more, marked done, at the end."""
         key, model, cfg = f"stage{stage}", self.model, self.config
         model.set_stage(stage)
         given = _cfg(cfg, "lora_checkpoint")
@@ -239,8 +310,7 @@ class LLMTrainer(Trainer):
         present = {g for g in model.stage_trainable.get(stage, ()) if g == LORA or modules.get(g) is not None}
         if given and present == {LORA}:  # a LoRA-only stage (TALLRec's vma group is absent without images)
             return self._load_lora_stage(key, str(given))
-        epochs = int(_cfg(cfg, f"{key}_epochs", 1))
-        if epochs == 0:  # the stage is off: its trainable weights stay as initialised (LoRA: the identity)
+        if int(_cfg(cfg, f"{key}_epochs", 1)) == 0:  # off: its trainable weights stay as initialised
             self.logger.info(set_color(key, "green") + f": skipped ({key}_epochs: 0)")
             return {"skipped": True, "time_s": 0.0, "rows_trained": 0, "best_epoch": None, "best_valid_auc": None,
                     "best_valid": None, "epochs": []}
@@ -251,97 +321,77 @@ class LLMTrainer(Trainer):
             model.load_checkpoint_state(saved["best_state"])
             self.logger.info(f"{key}: finished earlier, loaded its best weights from {path}")
             return saved["summary"]
-
-        batch_size = int(_cfg(cfg, f"{key}_batch_size", 8))
-        budget = _cfg(cfg, f"{key}_train_rows")
-        rows_per_epoch = len(train_ds) if budget is None else min(int(budget), len(train_ds))
-        accumulate = int(_cfg(cfg, "gradient_accumulation_steps", 1))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(key)
-        steps_per_epoch = math.ceil(math.ceil(rows_per_epoch / batch_size) / accumulate)
-        scheduler = self._scheduler(optimizer, steps_per_epoch * epochs)
-        patience = int(_cfg(cfg, "stopping_step", 2))
-        first_epoch, best, history, elapsed, seen = 0, {"score": -math.inf, "epoch": None, "state": None}, [], 0.0, 0
-        if saved is not None:
-            model.load_checkpoint_state(saved["state"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            first_epoch, history, elapsed, seen = saved["epoch"] + 1, saved["history"], saved["time_s"], saved["rows"]
-            best = {"score": saved["best_score"], "epoch": saved["best_epoch"], "state": saved["best_state"]}
-            self.logger.info(f"{key}: resuming after epoch {saved['epoch']} from {path}")
-        self.logger.info(
-            set_color(key, "green") + f": {sum(p.numel() for p in params):,} trainable parameters, "
-            f"{rows_per_epoch} rows/epoch, batch {batch_size}, up to {epochs} epochs"
-        )
-        stale = 0 if best["epoch"] is None else len(history) - 1 - best["epoch"]
+        run = self._start_stage(stage, len(train_ds), saved)
         cuda = torch.device(self.device).type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        for epoch in range(first_epoch, epochs):
-            if stale >= patience:
+        for epoch in range(run.first_epoch, run.epochs):
+            if run.stale >= run.patience:
                 break
             start = time.time()
-            model.train()
-            order = torch.randperm(len(train_ds), generator=self._generator(stage, epoch))[:rows_per_epoch]
-            batches = self.train_batches(train_ds, order, batch_size, stage, epoch)  # global; each rank its shard
-            bar = tqdm(batches, desc=f"{key} epoch {epoch}", ncols=100, disable=not show_progress)
-            total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
-            local_total = 0.0  # the losses of this rank's own shards (progress bar)
-            optimizer.zero_grad()
-            for step, idx in enumerate(bar, 1):
-                mine = distributed.shard(idx)
-                share = len(mine) / len(idx)  # shares sum to 1: the summed gradient is the batch mean's
-                if len(mine):
-                    loss = model.calculate_loss(train_ds[mine].to(self.device))
-                    (loss * share / accumulate).backward()
-                    total += loss.detach().item() * share
-                    local_total += loss.detach().item()
-                if step % accumulate == 0 or step == len(batches):
-                    distributed.all_reduce_grads(params)
-                    if self.clip_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                bar.set_postfix(loss=f"{local_total / step:.4f}")
-            total = distributed.all_reduce_sum(total, self.device)
-            train_time = time.time() - start
+            loss, rows, train_s = self._train_epoch(run, train_ds, epoch, show_progress)
             result = self.valid_metrics(valid_ds, valid_rows, desc=f"{key} valid")
-            elapsed += time.time() - start
-            seen += len(order)
-            history.append({"epoch": epoch, "loss": total / max(len(batches), 1), "train_s": round(train_time, 2),
-                            "rows_per_s": round(len(order) / max(train_time, 1e-9), 2), **result})
-            self.logger.info(f"{key} epoch {epoch}: loss {history[-1]['loss']:.4f}, valid {result}, "
-                             f"{history[-1]['rows_per_s']} rows/s")
-            score = result["auc"] if not math.isnan(result["auc"]) else -math.inf
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch, "state": model.checkpoint_state()}
-                stale = 0
-            else:
-                stale += 1
+            run.end_epoch(epoch, loss, rows, train_s, time.time() - start, result, model)
+            self.logger.info(f"{key} epoch {epoch}: loss {loss:.4f}, valid {result}, {run.history[-1]['rows_per_s']} "
+                             "rows/s")
             if distributed.is_main():
-                torch.save({"done": False, "epoch": epoch, "state": model.checkpoint_state(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "best_score": best["score"],
-                            "best_epoch": best["epoch"], "best_state": best["state"], "history": history,
-                            "time_s": elapsed, "rows": seen}, path)
-        if best["state"] is not None:
-            model.load_checkpoint_state(best["state"])
-        summary = {
-            "time_s": round(elapsed, 2),
-            "rows_trained": seen,
-            "samples_per_s": round(sum(h["rows_per_s"] for h in history) / max(len(history), 1), 2),
-            "best_epoch": best["epoch"],
-            "best_valid_auc": best["score"] if best["epoch"] is not None else None,
-            "best_valid": next((h for h in history if h["epoch"] == best["epoch"]), None),
-            "valid_rows": len(valid_rows),
-            "world_size": distributed.world_size(),
-            "peak_gpu_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2) if cuda else None,
-            "epochs": history,
-        }
+                torch.save(run.progress(epoch, model), path)
+        if run.best["state"] is not None:
+            model.load_checkpoint_state(run.best["state"])
+        summary = run.summary(len(valid_rows), torch.cuda.max_memory_allocated(self.device) if cuda else None)
         if distributed.is_main():
             torch.save({"done": True, "best_state": model.checkpoint_state(), "summary": summary}, path)
         return summary
+
+    def _start_stage(self, stage: int, n_train: int, saved: dict | None) -> _StageRun:
+        """The optimiser, schedule and counters of a stage, restored from an unfinished stage file."""
+        key, cfg = f"stage{stage}", self.config
+        budget = _cfg(cfg, f"{key}_train_rows")
+        run = _StageRun(
+            stage=stage, epochs=int(_cfg(cfg, f"{key}_epochs", 1)), batch_size=int(_cfg(cfg, f"{key}_batch_size", 8)),
+            rows_per_epoch=n_train if budget is None else min(int(budget), n_train),
+            accumulate=int(_cfg(cfg, "gradient_accumulation_steps", 1)), patience=int(_cfg(cfg, "stopping_step", 2)),
+            params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key))
+        steps_per_epoch = math.ceil(math.ceil(run.rows_per_epoch / run.batch_size) / run.accumulate)
+        run.scheduler = self._scheduler(run.optimizer, steps_per_epoch * run.epochs)
+        if saved is not None:
+            run.restore(saved, self.model)
+            self.logger.info(f"{key}: resuming after epoch {saved['epoch']} from {self._stage_file(stage)}")
+        self.logger.info(
+            set_color(key, "green") + f": {sum(p.numel() for p in run.params):,} trainable parameters, "
+            f"{run.rows_per_epoch} rows/epoch, batch {run.batch_size}, up to {run.epochs} epochs"
+        )
+        return run
+
+    def _train_epoch(self, run: _StageRun, train_ds, epoch: int, show_progress: bool) -> tuple[float, int, float]:
+        """One epoch of ``run.rows_per_epoch`` fresh rows: ``(mean batch loss over all ranks, rows, seconds)``.
+        Each global batch is split between the ranks; their gradients are summed before every step."""
+        start, model = time.time(), self.model
+        model.train()
+        order = torch.randperm(len(train_ds), generator=self._generator(run.stage, epoch))[:run.rows_per_epoch]
+        batches = self.train_batches(train_ds, order, run.batch_size, run.stage, epoch)  # global; each rank its shard
+        bar = tqdm(batches, desc=f"stage{run.stage} epoch {epoch}", ncols=100, disable=not show_progress)
+        total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
+        local_total = 0.0  # the losses of this rank's own shards (progress bar)
+        run.optimizer.zero_grad()
+        for step, idx in enumerate(bar, 1):
+            mine = distributed.shard(idx)
+            share = len(mine) / len(idx)  # shares sum to 1: the summed gradient is the batch mean's
+            if len(mine):
+                loss = model.calculate_loss(train_ds[mine].to(self.device))
+                (loss * share / run.accumulate).backward()
+                total += loss.detach().item() * share
+                local_total += loss.detach().item()
+            if step % run.accumulate == 0 or step == len(batches):
+                distributed.all_reduce_grads(run.params)
+                if self.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(run.params, **self.clip_grad_norm)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad()
+            bar.set_postfix(loss=f"{local_total / step:.4f}")
+        total = distributed.all_reduce_sum(total, self.device)
+        return total / max(len(batches), 1), len(order), time.time() - start
 
     # ---- RecBole interface ------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -393,7 +443,7 @@ class LLMTrainer(Trainer):
         dataset = eval_data._dataset
         out = self.score_rows(dataset, np.arange(len(dataset)), desc="evaluate")
         fields = {"LABEL_FIELD": "label", "USER_ID_FIELD": "user", "ITEM_ID_FIELD": "item"}
-        rows = Interaction({self.config[field]: torch.from_numpy(out[key]) for field, key in fields.items()})
+        rows = Interaction({self.config[name]: torch.from_numpy(out[key]) for name, key in fields.items()})
         self.eval_collector.eval_batch_collect(torch.from_numpy(out["score"]), rows, None, None)
         self.eval_collector.model_collect(self.model)
         result = self.evaluator.evaluate(self.eval_collector.get_data_struct())
