@@ -672,7 +672,8 @@ def configure_logging(verbose: bool = False) -> None:
 
 def add_common_args(parser: Any, default_core: int = 0) -> None:
     """Options shared by every converter's command line."""
-    parser.add_argument("--out", required=True, help="output folder, e.g. dataset/movie")
+    parser.add_argument("--output_dir", "--out", dest="out", required=True,
+                        help="output folder, e.g. dataset/movie (--out: the former name)")
     parser.add_argument("--max_history", type=int_at_least(1), default=20, help="liked items kept per row")
     parser.add_argument("--user_core", type=int_at_least(0), default=default_core, help="k-core on users (rows)")
     parser.add_argument("--item_core", type=int_at_least(0), default=default_core, help="k-core on items (rows)")

@@ -8,7 +8,7 @@ clicks strictly earlier; the behaviors history column (taken from the user's ear
 impression) counts as clicks earlier than any impression. Several ``--raw`` folders
 (e.g. MINDsmall_train MINDsmall_dev) are merged.
 
-    python -m dataset_converters.mind --raw DIR [DIR ...] --out dataset/mind [--images DIR]
+    python -m dataset_converters.mind --raw DIR [DIR ...] --output_dir dataset/mind [--images DIR]
 """
 
 from __future__ import annotations

@@ -11,11 +11,13 @@ import argparse
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dataset_converters.cli import Parser, int_at_least, run_main
 from dataset_converters.core import (
     ConversionReport,
     configure_logging,
@@ -109,9 +111,10 @@ def build_ml100k(out_dir: str | os.PathLike, max_history: int = 20) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="dataset/ml-100k", help="output folder")
-    parser.add_argument("--max_history", type=int, default=20)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", "--out", dest="out", default="dataset/ml-100k",
+                        help="output folder (--out: the former name)")
+    parser.add_argument("--max_history", type=int_at_least(1), default=20)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -121,4 +124,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

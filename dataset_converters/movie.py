@@ -5,7 +5,7 @@ Raw folder: ``ratings_small.csv`` (or ``ratings.csv``), ``links.csv`` / ``links_
 release_date). Item ids are MovieLens movieIds (posters ``<movieId>.jpg`` are keyed by
 them); label = rating >= 4; title "Title (YYYY)"; ``overview`` kept as an extra text column.
 
-    python -m dataset_converters.movie --raw DIR --out dataset/movie [--images DIR]
+    python -m dataset_converters.movie --raw DIR --output_dir dataset/movie [--images DIR]
 """
 
 from __future__ import annotations

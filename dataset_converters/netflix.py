@@ -5,7 +5,7 @@ Raw folder: ``combined_data_*.txt`` (a ``<movie_id>:`` line, then
 ``id,year,title``; the title may contain unquoted commas, the year may be ``NULL``).
 label = rating >= 4; timestamp = the date (UTC midnight); title "Title (YYYY)".
 
-    python -m dataset_converters.netflix --raw DIR --out dataset/netflix [--images DIR]
+    python -m dataset_converters.netflix --raw DIR --output_dir dataset/netflix [--images DIR]
 
 With ``--sample_users N`` the users are sampled in a first pass over the rating files, so
 only the sampled users' ratings are held in memory (the full data has 100M ratings).

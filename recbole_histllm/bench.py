@@ -1,7 +1,7 @@
 """Efficiency benchmark (the paper's Fig. 5): HistLLM against "w/o UHEM" on one backbone, one run.
 
     python -m recbole_histllm.bench --dataset=ml-100k [--llm_path=PATH|random:qwen2-1.5b] \
-        [--history=1,5,10,20] [--rows=64] [--batch_size=8] [--device=cpu|cuda] [--out=DIR]
+        [--history=1,5,10,20] [--rows=64] [--batch_size=8] [--device=cpu|cuda] [--output_dir=DIR]
     python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] ...
 
 ``--speed``: the speed switches (``prefix_cache``, ``length_buckets``) off and then on, in one run on
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", help="weights dtype (bf16 autocast is on either way)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default="saved/bench")
+    parser.add_argument("--output_dir", "--out", dest="out", default="saved/bench",
+                        help="where the CSV and plots go (--out: the former name)")
     parser.add_argument("--speed", action="store_true",
                         help="the speed switches (prefix_cache, length_buckets) off vs on, same rows, one run")
     args = parser.parse_args(argv)

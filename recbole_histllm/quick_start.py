@@ -74,7 +74,7 @@ def check_dataset(config: Config) -> None:
         )
     raise UsageError(
         f"dataset '{name}': {inter} not found; convert the raw data first, e.g. "
-        f"python -m dataset_converters.{name} --raw DIR --out {folder}"
+        f"python -m dataset_converters.{name} --raw DIR --output_dir {folder}"
     )
 
 

@@ -2,13 +2,13 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
 
     python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
-        [--llm_paths=A,B] [--history=1,3,5,10,20] [--out=saved/tables] [--runs=DIR,...] \
+        [--llm_paths=A,B] [--history=1,3,5,10,20] [--output_dir=saved/tables] [--runs=DIR,...] \
         [--dry_run] [--reuse_only] [--export_runs=DIR] [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
 one CLI run (``python -m recbole_histllm.quick_start``, the CLI of ``run_recbole_histllm.py``)
-in ``<out>/<dataset>/<label>-<hash>/seed<k>``; a finished
+in ``<output_dir>/<dataset>/<label>-<hash>/seed<k>``; a finished
 run (its ``result.json``) is reused, from there or from any folder under ``--runs`` whose recorded
 config equals the run's config, so a table builds incrementally and survives a kill (the LLM
 stages resume from their checkpoints). Keys given on the command line are passed to every run.
@@ -17,7 +17,7 @@ stages resume from their checkpoints). Keys given on the command line are passed
 
 Shared stages: the LLM models train the same stage 0 (MF, or BinLLM's HashMF) and the same stage 1
 (LoRA on the text-only TALLRec prompt) for a dataset and seed. Before launching an LLM run the runner
-looks for a finished run of ANY LLM model (in ``<out>/<dataset>`` or under ``--runs``) whose stage-0 /
+looks for a finished run of ANY LLM model (in ``<output_dir>/<dataset>`` or under ``--runs``) whose stage-0 /
 stage-1 config (:func:`stage_config`) equals the new run's, and passes its checkpoint
 (``mf_checkpoint`` / ``hash_checkpoint``, ``lora_checkpoint``), so within a seed the first run trains
 a shared stage and later runs load it; it prints what it shared. Such checkpoint paths do not count as
@@ -659,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.pop("seeds", "1"))
         llm_paths = [p for p in args.pop("llm_paths", "").split(",") if p]
         history = [int(n) for n in args.pop("history", "1,3,5,10,20").split(",") if n]
-        out = Path(args.pop("out", "saved/tables"))
+        out = Path(args.pop("output_dir", None) or args.pop("out", "saved/tables"))  # --out: the former name
+        args.pop("out", None)
         search = [Path(p) for p in args.pop("runs", "").split(",") if p]
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")

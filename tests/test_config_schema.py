@@ -167,7 +167,7 @@ def test_markdown_table_lists_every_key_and_the_doc_is_current():
 
 # ---- the converters' and feature tools' options ----------------------------------------------------------
 @pytest.mark.parametrize("module,args,expected", [
-    ("dataset_converters.movie", ["--raw", "{tmp}", "--out", "{tmp}/o", "--user_core=-1"],
+    ("dataset_converters.movie", ["--raw", "{tmp}", "--output_dir", "{tmp}/o", "--user_core=-1"],
      "error: --user_core: must be an integer >= 0, got -1"),
     ("dataset_converters.movie", ["--raw", "/no/dir", "--out", "{tmp}/o"], "error: --raw: no such folder /no/dir"),
     ("dataset_converters.mind", ["--raw", "{tmp}", "--out", "{tmp}/o", "--images=/no/dir"],
@@ -200,7 +200,7 @@ def test_table_runner_checks_the_keys_it_would_pass_to_every_run(tmp_path, capsy
     from recbole_histllm import table
 
     code = table.main(["--dataset=ml-100k", "--models=MF,Big=MF:embedding_size=0", "--stage1_batch_size=0",
-                       f"--out={tmp_path}", "--dry_run"])
+                       f"--output_dir={tmp_path}", "--dry_run"])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and err == ["error: --stage1_batch_size=0: must be an integer >= 1",
                                  "error: --embedding_size=0: must be an integer >= 1"]
