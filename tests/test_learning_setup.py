@@ -43,7 +43,8 @@ def test_cia_tokens_follow_the_loaded_mf_embeddings(tiny_root, tmp_path):
     stats = torch.cat([user[1:], item[1:]])
     assert torch.allclose(model.cia.in_mean, stats.mean(0)) and torch.allclose(model.cia.in_std, stats.std(0))
     with torch.no_grad():
-        tokens = model.cia(model.mf_user.weight[1:])
+        tokens = model.cia.user_tokens(torch.arange(1, model.n_users))
+    assert torch.equal(model.cia.user_table, user) and torch.equal(model.cia.item_table, item)
     rms = model.llm.get_input_embeddings().weight.pow(2).mean().sqrt()
     assert torch.allclose(tokens.pow(2).mean(-1).sqrt().mean(), rms, rtol=1e-3)
     assert tokens.std(0).mean() > 0.3 * rms
@@ -125,3 +126,12 @@ def test_every_stage_skipped_scores_the_valid_rows_untrained(tiny_root, tmp_path
     trainer.fit(train, valid)
     assert trainer.stage_summaries["stage1"]["skipped"] and trainer.stage_summaries["stage2"]["skipped"]
     assert 0.0 <= trainer.best_valid_result["auc"] <= 1.0 and "no_training" in trainer.stage_summaries
+
+
+def test_stage2_trains_the_cia_mapping_not_the_mf_tables(tiny_root, tmp_path):
+    _, model, _, _, _ = build(tiny_root, tmp_path)
+    model.set_stage(2)
+    assert all(p.requires_grad for p in model.cia.net.parameters())
+    assert not any("table" in n for n, _ in model.cia.named_parameters())  # MF tables: buffers
+    assert {"cia.user_table", "cia.item_table"} <= set(model.checkpoint_state())
+    assert not any(k.startswith(("vma.table", "uhem.desc_")) for k in model.state_dict())  # features, not weights

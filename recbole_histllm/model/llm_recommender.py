@@ -57,7 +57,7 @@ from recbole_histllm.llm import (
     yes_probability,
 )
 from recbole_histllm.llm.prompt import HISTORY_LIST, ITEM_PREFIX
-from recbole_histllm.model.modules import UHEM, MappingModule, token_embedding_rms
+from recbole_histllm.model.modules import CIA, UHEM, VMA, token_embedding_rms
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +172,10 @@ class LLMRecommender(AbstractRecommender):
         self.llm, self.tokenizer = self._load_llm(config)
         self.hidden = self.llm.get_input_embeddings().embedding_dim
         self.items = ItemSide(dataset, use_knowledge=bool(config["use_knowledge"]))
-        self.register_buffer("image_table", self._image_table(dataset), persistent=False)
+        image_table = self._image_table(dataset)
         want_visual = self._visual_switch(config)
-        self.use_visual = want_visual and self.image_table is not None
-        if want_visual and self.image_table is None:
+        self.use_visual = want_visual and image_table is not None
+        if want_visual and image_table is None:
             logger.warning(f"{dataset.dataset_name} has no image features: visual slots (VMA) are switched off"
                            f" ({type(self).__name__} runs without image tokens)")
         self.use_collaborative = bool(config["use_collaborative"])
@@ -186,23 +186,16 @@ class LLMRecommender(AbstractRecommender):
         self.vma = self.cia = self.uhem = None
         # token_scale: standardised inputs, outputs at the token-embedding RMS (beyond the paper's text)
         rms = token_embedding_rms(self.llm.get_input_embeddings()) if config["token_scale"] else None
+        mapping = {"hidden": config["mapping_hidden"], "layers": config["mapping_layers"], "token_rms": rms}
         if self.use_visual and (slots & set(IMAGE_SLOTS) or HISTORY_SLOT in slots):
-            self.vma = MappingModule(self.image_table.shape[1], self.hidden, config["mapping_hidden"],
-                                     config["mapping_layers"], token_rms=rms)
-            self.vma.set_input_stats(self.image_table)
+            self.vma = VMA(image_table, self.hidden, **mapping)
         if slots & set(USER_SLOTS + ITEM_SLOTS):
-            dim = int(config["mf_embedding_size"])
-            self.mf_user = nn.Embedding(self.n_users, dim).requires_grad_(False)
-            self.mf_item = nn.Embedding(self.n_items, dim).requires_grad_(False)
-            # one module for users and items (Eq. 11-12), standardised over both tables once MF is loaded
-            self.cia = MappingModule(dim, self.hidden, config["mapping_hidden"], config["mapping_layers"],
-                                     token_rms=rms)
+            self.cia = CIA(self.n_users, self.n_items, int(config["mf_embedding_size"]), self.hidden, **mapping)
         if HISTORY_SLOT in slots:
             self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"],
                              token_rms=rms)
-            ids, mask = encode_item_texts(self.tokenizer, self.items.descriptions, int(config["desc_max_tokens"]))
-            self.register_buffer("desc_ids", ids, persistent=False)
-            self.register_buffer("desc_mask", mask.bool(), persistent=False)
+            self.uhem.set_descriptions(*encode_item_texts(self.tokenizer, self.items.descriptions,
+                                                          int(config["desc_max_tokens"])))
         groups = {g for stage in self.templates for g in self.stage_trainable.get(stage, ())}
         unknown = groups - {LORA} - set(self.trainable_modules())
         if unknown:
@@ -322,11 +315,8 @@ class LLMRecommender(AbstractRecommender):
 
     def set_collaborative_embeddings(self, user: torch.Tensor, item: torch.Tensor) -> None:
         """Load MF embeddings (Eq. 9-10); rows follow this dataset's internal ids."""
-        if self.cia is None:
-            return
-        self.mf_user.weight.data.copy_(user.to(self.mf_user.weight))
-        self.mf_item.weight.data.copy_(item.to(self.mf_item.weight))
-        self.cia.set_input_stats(torch.cat([self.mf_user.weight[1:], self.mf_item.weight[1:]]))  # 0 = padding
+        if self.cia is not None:
+            self.cia.load(user, item)
 
     # ---- prompts ----------------------------------------------------------------------------
     def history(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,26 +340,19 @@ class LLMRecommender(AbstractRecommender):
         item = interaction[self.ITEM_ID]
         for name in names:
             if name in ("Image", "TargetItemImage"):
-                vectors[name] = self.vma(self.image_table[item])
+                vectors[name] = self.vma.tokens(item)
             elif name == "Item_iImage":
-                vectors[name] = self.vma(self.image_table[hist_ids])
+                vectors[name] = self.vma.tokens(hist_ids)
             elif name in USER_SLOTS:
-                vectors[name] = self.cia(self.mf_user(interaction[self.USER_ID]))
+                vectors[name] = self.cia.user_tokens(interaction[self.USER_ID])
             elif name in ITEM_SLOTS:
-                vectors[name] = self.cia(self.mf_item(item))
+                vectors[name] = self.cia.item_tokens(item)
             elif name == HISTORY_SLOT:
-                vectors[name] = self.encode_history(hist_ids, hist_mask)
+                images = self.vma.tokens(hist_ids) if self.use_visual else None
+                vectors[name] = self.uhem.encode(hist_ids, hist_mask, self.llm.get_input_embeddings(), images)
             else:
                 raise KeyError(f"{type(self).__name__} cannot fill prompt slot <{name}>")
         return vectors
-
-    def encode_history(self, hist_ids: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
-        """UHEM (Eq. 4-8): description token embeddings + projected image token per item -> one token."""
-        embed = self.llm.get_input_embeddings()
-        desc = embed(self.desc_ids[hist_ids]).detach()  # the LLM's own (frozen) embedding table, Eq. 5
-        desc = desc.to(self.uhem.in_norm.weight.dtype)  # bf16 backbone weights, fp32 UHEM
-        images = self.vma(self.image_table[hist_ids]) if self.use_visual else None
-        return self.uhem(desc, self.desc_mask[hist_ids], images, hist_mask)
 
     # ---- RecBole interface ------------------------------------------------------------------
     def forward(self, interaction) -> torch.Tensor:

@@ -1,6 +1,9 @@
-"""HistLLM's modules, one file each: mapping modules (VMA, CIA) and UHEM."""
+"""HistLLM's modules, one file each: VMA (Eq. 2-3), CIA (Eq. 9-12), their shared mapping MLP, and UHEM
+(Eq. 4-8)."""
 
+from recbole_histllm.model.modules.cia import CIA
 from recbole_histllm.model.modules.mapping import MappingModule, TokenScale, token_embedding_rms
 from recbole_histllm.model.modules.uhem import UHEM
+from recbole_histllm.model.modules.vma import VMA
 
-__all__ = ["UHEM", "MappingModule", "TokenScale", "token_embedding_rms"]
+__all__ = ["CIA", "UHEM", "VMA", "MappingModule", "TokenScale", "token_embedding_rms"]

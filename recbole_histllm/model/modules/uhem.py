@@ -47,6 +47,19 @@ class UHEM(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.out_scale = TokenScale(dim, token_rms) if token_rms is not None else None
 
+    def set_descriptions(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Every item's tokenized description (:func:`~recbole_histllm.llm.encode_item_texts`, Eq. 4), rows by
+        internal item id: what :meth:`encode` looks history items up in (buffers, not weights)."""
+        self.register_buffer("desc_ids", ids, persistent=False)
+        self.register_buffer("desc_mask", mask.bool(), persistent=False)
+
+    def encode(self, hist_ids: torch.Tensor, hist_mask: torch.Tensor, embedding: nn.Embedding,
+               image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row from history item ids ``(B, n)``: their description tokens through the LLM's
+        own frozen input ``embedding`` (Eq. 5), with their image tokens ``(B, n, d)`` when given (Eq. 6)."""
+        desc = embedding(self.desc_ids[hist_ids]).detach().to(self.in_norm.weight.dtype)  # bf16 table, fp32 UHEM
+        return self(desc, self.desc_mask[hist_ids], image_tokens, hist_mask)
+
     @staticmethod
     def assemble(
         desc_embeds: torch.Tensor, desc_mask: torch.Tensor, image_tokens: torch.Tensor | None, item_mask: torch.Tensor
