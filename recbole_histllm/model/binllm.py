@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from recbole_histllm.llm import BINLLM, BINLLM_IMAGE, TALLREC, PromptSample, PromptTemplate
-from recbole_histllm.model.hashmf import load_hash_codes
+from recbole_histllm.model.hashmf import HashMF, load_hash_codes
 from recbole_histllm.model.llm_recommender import LORA, CollaborativeModel, LLMRecommender, model_name
 from recbole_histllm.utils import InputError
 
@@ -54,7 +54,7 @@ class BinLLM(LLMRecommender):
         return {1: self.prompt(TALLREC), 2: self.prompt(BINLLM_IMAGE if self.use_visual else BINLLM)}
 
     def collaborative_model(self) -> CollaborativeModel:
-        return CollaborativeModel("HashMF", "hash_checkpoint")
+        return CollaborativeModel(HashMF, "hash_checkpoint")
 
     def load_collaborative(self, checkpoint: str | Path, dataset) -> None:
         user, item = load_hash_codes(checkpoint, dataset)

@@ -57,6 +57,7 @@ from recbole_histllm.llm import (
     yes_probability,
 )
 from recbole_histllm.llm.prompt import HISTORY_LIST, ITEM_PREFIX
+from recbole_histllm.model.mf import MF, load_mf_embeddings
 from recbole_histllm.model.modules import CIA, UHEM, VMA, token_embedding_rms
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,15 @@ LORA = "lora"
 
 @dataclass(frozen=True)
 class CollaborativeModel:
-    """What the trainer's stage 0 fits for a model: the RecBole model ``name`` (looked up like any
-    ``--model``) trained on the train split, unless config key ``checkpoint_key`` names a finished one."""
+    """What the trainer's stage 0 fits for a model: the RecBole model class ``model`` (MF, HashMF) trained on
+    the train split, unless config key ``checkpoint_key`` names a finished one."""
 
-    name: str
+    model: type
     checkpoint_key: str
+
+    @property
+    def name(self) -> str:
+        return self.model.__name__
 
 
 def model_name(name: str):
@@ -305,12 +310,10 @@ class LLMRecommender(AbstractRecommender):
     def collaborative_model(self) -> CollaborativeModel | None:
         """The model stage 0 trains for this one: MF (CoLLM, HistLLM's CIA) when a prompt has
         collaborative slots, else None (no stage 0). BinLLM declares its hashing model."""
-        return CollaborativeModel("MF", "mf_checkpoint") if self.cia is not None else None
+        return CollaborativeModel(MF, "mf_checkpoint") if self.cia is not None else None
 
     def load_collaborative(self, checkpoint: str | Path, dataset) -> None:
         """Take what this model needs from a finished stage-0 checkpoint (MF: the embeddings)."""
-        from recbole_histllm.model.mf import load_mf_embeddings
-
         self.set_collaborative_embeddings(*load_mf_embeddings(checkpoint, dataset))
 
     def set_collaborative_embeddings(self, user: torch.Tensor, item: torch.Tensor) -> None:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.model.llm_recommender import LORA
-from recbole_histllm.utils import UsageError, get_model
+from recbole_histllm.utils import UsageError
 
 BUCKET_BATCHES = 50  # length_buckets: batches per chunk of the epoch's random order sorted by prompt length
 
@@ -230,7 +230,7 @@ class LLMTrainer(Trainer):
                     stopping_step=self.config["mf_stopping_step"],
                     weight_decay=0.0,
                 )
-                net = get_model(spec.name)(config, train_data._dataset).to(self.device)
+                net = spec.model(config, train_data._dataset).to(self.device)
                 trainer = Trainer(config, net)
                 partial = checkpoint + ".partial"
                 trainer.saved_model_file = partial

@@ -24,6 +24,8 @@ from recbole.utils import set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_histllm.model.multimodal import positive_pairs
+
 
 class PositivePairLoader:
     """Shuffled batches of positive train pairs, each with one uniformly sampled negative item.
@@ -36,8 +38,6 @@ class PositivePairLoader:
     shuffle = True
 
     def __init__(self, config, dataset, batch_size: int, seed: int, max_rounds: int = 100):
-        from recbole_histllm.model.multimodal import positive_pairs
-
         self.dataset = self._dataset = dataset
         self.batch_size = int(batch_size)
         self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
