@@ -17,7 +17,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import argument_list
 
 from recbole_histllm import distributed
-from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_model
+from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_model, model_label
 
 # Keys that are not RecBole's but that the plugin's CLI and pipeline read.
 PLUGIN_KEYS = {"output_dir", "config_files", "debug", "model", "dataset"}
@@ -80,9 +80,12 @@ class Config(RecBoleConfig):
         return values
 
     def _get_model_and_dataset(self, model, dataset):
+        """RecBole's, with the plugin's model lookup; ``config["model"]`` is the user-facing name
+        (:func:`~recbole_histllm.utils.model_label`: ``TALLRec-image`` for the class ``TALLRec_image``)."""
         if isinstance(model, str):
             model = get_model(model)
-        return super()._get_model_and_dataset(model, dataset)
+        _, model_class, dataset = super()._get_model_and_dataset(model, dataset)
+        return model_label(model_class), model_class, dataset
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)

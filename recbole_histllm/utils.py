@@ -40,10 +40,9 @@ def get_model(model_name: str) -> type:
         module_path = f"recbole_histllm.model.{module_name}"
         if importlib.util.find_spec(module_path) is None:
             continue
-        module = importlib.import_module(module_path)
-        for attr in (model_name, model_name.replace("-", "_")):
-            if hasattr(module, attr):
-                return getattr(module, attr)
+        cls = getattr(importlib.import_module(module_path), model_name.replace("-", "_"), None)
+        if cls is not None:
+            return cls
     try:
         return recbole_get_model(model_name)
     except (ValueError, AttributeError, ImportError):
@@ -51,10 +50,23 @@ def get_model(model_name: str) -> type:
         raise UsageError(f"unknown model '{model_name}': neither recbole_histllm.model nor RecBole has it") from None
 
 
+def model_label(model_class: type) -> str:
+    """The user-facing name of a model class: its ``paper_name`` (``TALLRec-image``, a name Python cannot
+    spell) or its class name."""
+    return getattr(model_class, "paper_name", None) or model_class.__name__
+
+
 def get_trainer(model_type, model_name: str) -> type:
-    """Return ``<Model>Trainer`` from this plugin's trainer package, else RecBole's choice."""
+    """``<Model>Trainer`` from this plugin's trainer package, else the trainer the model class declares
+    (``trainer_class``: a name in that package), else RecBole's choice."""
     module = importlib.import_module("recbole_histllm.trainer")
     name = model_name.replace("-", "_") + "Trainer"
     if hasattr(module, name):
         return getattr(module, name)
+    try:
+        declared = getattr(get_model(model_name), "trainer_class", None)
+    except UsageError:
+        declared = None
+    if declared:
+        return getattr(module, declared)
     return recbole_get_trainer(model_type, model_name)

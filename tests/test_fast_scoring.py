@@ -15,7 +15,7 @@ from recbole_histllm.config import Config
 from recbole_histllm.llm import prefix_cache_supported
 from recbole_histllm.model.histllm import HistLLM
 from recbole_histllm.model.tallrec import TALLRec
-from recbole_histllm.trainer import HistLLMTrainer
+from recbole_histllm.trainer import LLMTrainer
 from recbole_histllm.trainer import llm_trainer as trainer_module
 
 QUESTION = "#Question: A user has given high ratings to the following movies: "
@@ -189,7 +189,7 @@ def test_row_lengths_follow_the_prompts(histllm):
 
 def test_score_rows_with_length_buckets_keeps_row_order(histllm, tmp_path):
     config, model, train, valid = histllm
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     config["eval_batch_size"] = 4
     model.set_stage(1)
     rows = np.random.default_rng(0).permutation(len(valid))[:22]
@@ -206,7 +206,7 @@ def test_score_rows_with_length_buckets_keeps_row_order(histllm, tmp_path):
 
 def test_bucketed_training_batches_cover_each_row_once(histllm, monkeypatch):
     config, model, train, _ = histllm
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     model.set_stage(1)
     monkeypatch.setattr(trainer_module, "BUCKET_BATCHES", 3)  # several chunks on a small split
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))[:70]

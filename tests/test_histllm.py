@@ -10,7 +10,7 @@ from recbole.utils import init_seed
 
 from recbole_histllm.config import Config
 from recbole_histllm.model.histllm import HistLLM
-from recbole_histllm.trainer import HistLLMTrainer
+from recbole_histllm.trainer import LLMTrainer
 
 FAST = FAST_LLM
 
@@ -87,7 +87,7 @@ def lora_tensors(model):
 
 def test_stage2_freezes_lora_and_trains_modules(tiny_root, tmp_path):
     config, model, train, valid, _ = build(tiny_root, tmp_path)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     uhem_before = {k: v.clone() for k, v in model.uhem.state_dict().items()}
     lora_init = lora_tensors(model)
     original = trainer._run_stage
@@ -120,7 +120,7 @@ class Killed(RuntimeError):
 
 def test_interrupted_stage_resumes_from_last_finished_epoch(tiny_root, tmp_path):
     config, model, train, valid, _ = build(tiny_root, tmp_path)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     calls = {"n": 0}
     valid_metrics = trainer.valid_metrics
 
@@ -137,7 +137,7 @@ def test_interrupted_stage_resumes_from_last_finished_epoch(tiny_root, tmp_path)
     assert first["done"] is False and first["epoch"] == 0
 
     config, model, train, valid, _ = build(tiny_root, tmp_path)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     resumed_calls = {"n": 0}
     valid_metrics = trainer.valid_metrics
 
@@ -161,7 +161,7 @@ def test_real_default_llm_trains_a_few_steps(tiny_root, tmp_path):
         stage2_epochs=1, stage1_batch_size=8, stage2_batch_size=8, eval_batch_size=16,
     )
     assert model.hidden == 576 and model.uhem is not None and model.vma is not None
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     trainer.fit(train, valid)
     for stage in ("stage1", "stage2"):
         epoch = trainer.stage_summaries[stage]["epochs"][0]

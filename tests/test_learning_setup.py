@@ -10,7 +10,7 @@ import torch
 from test_histllm import build, lora_tensors
 
 from recbole_histllm.model.modules import MappingModule, TokenScale
-from recbole_histllm.trainer import HistLLMTrainer
+from recbole_histllm.trainer import LLMTrainer
 from recbole_histllm.utils import UsageError
 
 
@@ -58,7 +58,7 @@ def test_token_scale_off_keeps_the_plain_modules(tiny_root, tmp_path):
 def test_module_learning_rate_and_warmup_cosine_schedule(tiny_root, tmp_path):
     config, model, _, _, _ = build(tiny_root, tmp_path, stage2_learning_rate=1e-3, module_learning_rate=5e-3,
                                    lr_schedule="cosine", warmup_ratio=0.2)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     model.set_stage(2)
     optimizer = trainer._optimizer("stage2")
     assert [g["lr"] for g in optimizer.param_groups] == [5e-3]  # stage 2: modules only
@@ -78,12 +78,12 @@ def test_module_learning_rate_and_warmup_cosine_schedule(tiny_root, tmp_path):
 def test_lora_checkpoint_skips_stage1_with_another_runs_lora(tiny_root, tmp_path):
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
     config, model, train, valid, _ = build(tiny_root, first_dir, stage2_epochs=1)
-    HistLLMTrainer(config, model).fit(train, valid)
+    LLMTrainer(config, model).fit(train, valid)
     trained = lora_tensors(model)
     stage1 = first_dir / "HistLLM-stage1.pth"
     config, model, train, valid, _ = build(tiny_root, second_dir, stage2_epochs=1, lora_checkpoint=str(stage1),
                                            mf_checkpoint=str(first_dir / "MF-stage0.pth"))
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     calls = []
     original = trainer.valid_metrics
     trainer.valid_metrics = lambda *a, **k: calls.append(k.get("desc")) or original(*a, **k)
@@ -101,13 +101,13 @@ def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):
             torch.save({"done": False}, bad)
         config, model, train, valid, _ = build(tiny_root, tmp_path / bad.stem, lora_checkpoint=str(bad))
         with pytest.raises(UsageError, match="lora_checkpoint"):
-            HistLLMTrainer(config, model).fit(train, valid)
+            LLMTrainer(config, model).fit(train, valid)
 
 
 def test_stage_epochs_zero_skips_the_stage(tiny_root, tmp_path):
     config, model, train, valid, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=1)
     before = lora_tensors(model)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     calls = []
     original = trainer.valid_metrics
     trainer.valid_metrics = lambda *a, **k: calls.append(k.get("desc")) or original(*a, **k)
@@ -122,7 +122,7 @@ def test_stage_epochs_zero_skips_the_stage(tiny_root, tmp_path):
 
 def test_every_stage_skipped_scores_the_valid_rows_untrained(tiny_root, tmp_path):
     config, model, train, valid, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=0)
-    trainer = HistLLMTrainer(config, model)
+    trainer = LLMTrainer(config, model)
     trainer.fit(train, valid)
     assert trainer.stage_summaries["stage1"]["skipped"] and trainer.stage_summaries["stage2"]["skipped"]
     assert 0.0 <= trainer.best_valid_result["auc"] <= 1.0 and "no_training" in trainer.stage_summaries

@@ -20,7 +20,7 @@ from recbole_histllm.llm import PromptSample
 from recbole_histllm.model.binllm import code_text
 from recbole_histllm.model.hashmf import HashMF, binarize, load_hash_codes
 from recbole_histllm.trainer import LLMTrainer
-from recbole_histllm.utils import get_model, get_trainer
+from recbole_histllm.utils import get_model, get_trainer, model_label
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,7 @@ def mixed_rows(loader, n=6):
 @pytest.mark.parametrize("name", MODELS)
 def test_names_configs_and_trainers(name):
     cls = get_model(name)
-    assert cls.__name__ == name  # the paper's label reaches config["model"], result.json, file names
+    assert model_label(cls) == name  # the paper's label reaches config["model"], result.json, file names
     assert get_trainer(cls.type, name) is LLMTrainer
     config = Config(model=name, dataset="tiny", config_dict={"llm_path": "random:tiny"})
     assert config["model"] == name

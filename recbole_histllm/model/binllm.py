@@ -17,7 +17,7 @@ import torch
 
 from recbole_histllm.llm import BINLLM, BINLLM_IMAGE, TALLREC, PromptSample, PromptTemplate
 from recbole_histllm.model.hashmf import HashMF, load_hash_codes
-from recbole_histllm.model.llm_recommender import LORA, CollaborativeModel, LLMRecommender, model_name
+from recbole_histllm.model.llm_recommender import LORA, CollaborativeModel, LLMRecommender
 from recbole_histllm.utils import InputError
 
 CODE_FORMATS = ("binary", "dotted")
@@ -75,8 +75,9 @@ class BinLLM(LLMRecommender):
         return rows
 
 
-@model_name("BinLLM-image")
-class BinLLM_image(BinLLM):  # the paper's name, spelt with "-" by @model_name
+class BinLLM_image(BinLLM):
     """BinLLM-image (Fig. 12): BinLLM with one image token per history item and the target."""
+
+    paper_name = "BinLLM-image"  # --model, config["model"], result labels and file names
 
     visual_variant = True

@@ -10,7 +10,7 @@ trains in stage 2 beside CoLLM's.
 from __future__ import annotations
 
 from recbole_histllm.llm import COLLM, COLLM_IMAGE, TALLREC, PromptTemplate
-from recbole_histllm.model.llm_recommender import LORA, LLMRecommender, model_name
+from recbole_histllm.model.llm_recommender import LORA, LLMRecommender
 
 
 class CoLLM(LLMRecommender):
@@ -23,8 +23,9 @@ class CoLLM(LLMRecommender):
         return {1: self.prompt(TALLREC), 2: self.prompt(COLLM_IMAGE if self.use_visual else COLLM)}
 
 
-@model_name("CoLLM-image")
-class CoLLM_image(CoLLM):  # the paper's name, spelt with "-" by @model_name
+class CoLLM_image(CoLLM):
     """CoLLM-image (Fig. 12): CoLLM with one image token per history item and the target."""
+
+    paper_name = "CoLLM-image"  # --model, config["model"], result labels and file names
 
     visual_variant = True

@@ -21,7 +21,6 @@ Slots a template may use, and what fills them:
 from __future__ import annotations
 
 import logging
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from recbole_histllm.llm import (
 from recbole_histllm.llm.prompt import HISTORY_LIST, ITEM_PREFIX
 from recbole_histllm.model.mf import MF, load_mf_embeddings
 from recbole_histllm.model.modules import CIA, UHEM, VMA, token_embedding_rms
+from recbole_histllm.utils import model_label
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +80,6 @@ class CollaborativeModel:
     @property
     def name(self) -> str:
         return self.model.__name__
-
-
-def model_name(name: str):
-    """Class decorator: the user-facing model name (``TALLRec-image``) as the class ``__name__``,
-    which RecBole's Config copies into ``config["model"]`` (result files, checkpoint names, YAML).
-    The class is also bound to that name in its module, so pickle (RecBole's stage-0 checkpoint
-    stores the config with the model class) finds it."""
-
-    def rename(cls: type) -> type:
-        cls.__name__ = cls.__qualname__ = name
-        setattr(sys.modules[cls.__module__], name, cls)
-        return cls
-
-    return rename
 
 
 class ItemSide:
@@ -162,6 +148,7 @@ class LLMRecommender(AbstractRecommender):
     input_type = InputType.POINTWISE
     stage_trainable: ClassVar[dict[int, tuple[str, ...]]] = {1: (LORA,), 2: ("vma", "cia", "uhem")}
     visual_variant: ClassVar[bool | None] = None
+    trainer_class: ClassVar[str] = "LLMTrainer"  # recbole_histllm.trainer: the staged trainer
 
     def __init__(self, config, dataset) -> None:
         super().__init__()
@@ -234,7 +221,7 @@ class LLMRecommender(AbstractRecommender):
             return bool(config["use_visual"])
         given = getattr(config, "external_config_dict", {}).get("use_visual")
         if given is not None and bool(given) != self.visual_variant:
-            name = type(self).__name__
+            name = model_label(type(self))
             other = f"{name}-image" if self.visual_variant is False else name.removesuffix("-image")
             logger.warning(f"{name} ignores use_visual={given}: run --model={other} for the other variant")
         return self.visual_variant

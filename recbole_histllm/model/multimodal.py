@@ -24,6 +24,7 @@ only (``label`` 1) and scores every labeled valid/test row pointwise:
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -93,6 +94,8 @@ class MultimodalRecommender(GeneralRecommender):
     labeled rows like the CTR models; the input type is PAIRWISE (what the model
     trains on).
     """
+
+    trainer_class: ClassVar[str] = "MultimodalTrainer"  # recbole_histllm.trainer: positive pairs, mirror gradient
 
     type = ModelType.CONTEXT
     input_type = InputType.PAIRWISE

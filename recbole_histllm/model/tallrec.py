@@ -8,7 +8,7 @@ target title, and trains that mapping module together with LoRA in the single st
 from __future__ import annotations
 
 from recbole_histllm.llm import TALLREC, TALLREC_DESC, TALLREC_IMAGE, PromptTemplate
-from recbole_histllm.model.llm_recommender import LORA, LLMRecommender, model_name
+from recbole_histllm.model.llm_recommender import LORA, LLMRecommender
 
 
 class TALLRec(LLMRecommender):
@@ -24,8 +24,9 @@ class TALLRec(LLMRecommender):
         return {1: self.prompt(TALLREC_DESC if self.config["tallrec_desc"] else TALLREC)}
 
 
-@model_name("TALLRec-image")
-class TALLRec_image(TALLRec):  # the paper's name, spelt with "-" by @model_name
+class TALLRec_image(TALLRec):
     """TALLRec-image (Fig. 7): TALLRec with one image token per history item and the target."""
+
+    paper_name = "TALLRec-image"  # --model, config["model"], result labels and file names
 
     visual_variant = True

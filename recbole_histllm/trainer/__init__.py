@@ -1,28 +1,8 @@
-"""Trainers of this plugin, looked up by ``<ModelName>Trainer`` before RecBole's."""
+"""Trainers of this plugin. A model names its trainer: ``<Model>Trainer`` here if there is one, else the
+class its model class declares in ``trainer_class`` (every LLM model: :class:`LLMTrainer`; the multimodal
+baselines: :class:`MultimodalTrainer`), else RecBole's choice (:func:`recbole_histllm.utils.get_trainer`)."""
 
 from recbole_histllm.trainer.llm_trainer import LLMTrainer
+from recbole_histllm.trainer.multimodal import MultimodalTrainer
 
-# Every LLM model trains with LLMTrainer (``-`` in a model name reads ``_`` here).
-HistLLMTrainer = TALLRecTrainer = TALLRec_imageTrainer = LLMTrainer
-CoLLMTrainer = CoLLM_imageTrainer = BinLLMTrainer = BinLLM_imageTrainer = ZeroShotTrainer = LLMTrainer
-
-__all__ = [
-    "BinLLMTrainer",
-    "BinLLM_imageTrainer",
-    "CoLLMTrainer",
-    "CoLLM_imageTrainer",
-    "HistLLMTrainer",
-    "LLMTrainer",
-    "TALLRecTrainer",
-    "TALLRec_imageTrainer",
-    "ZeroShotTrainer",
-]
-from recbole_histllm.trainer.multimodal import (  # noqa: E402  (multimodal baselines, issue #4)
-    BM3Trainer,
-    LGMRecTrainer,
-    MGTrainer,
-    MultimodalTrainer,
-    VBPRTrainer,
-)
-
-__all__ += ["BM3Trainer", "LGMRecTrainer", "MGTrainer", "MultimodalTrainer", "VBPRTrainer"]
+__all__ = ["LLMTrainer", "MultimodalTrainer"]

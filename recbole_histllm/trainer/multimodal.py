@@ -140,5 +140,3 @@ class MultimodalTrainer(Trainer):
         return total
 
 
-# Looked up by model name (``<Model>Trainer``) through recbole_histllm.trainer.
-VBPRTrainer = BM3Trainer = LGMRecTrainer = MGTrainer = MultimodalTrainer
