@@ -1,4 +1,5 @@
-"""Valid AUC / UAUC against training rows, per LLM stage, from finished runs' result.json files.
+"""Valid AUC / UAUC against training rows, per LLM stage, from runs' result.json files (or, for a run that
+is still training or was stopped, from its ``<Model>-stage{k}.pth`` files, rewritten after every epoch).
 
     python scripts/learning_curve.py RUN_DIR [RUN_DIR ...] --out docs/results/learning_curve_ml100k
 
@@ -16,9 +17,28 @@ from pathlib import Path
 import pandas as pd
 
 
+def stage_files_result(run: Path) -> dict:
+    """What ``result.json`` would hold for the curve, read from the stage files of an unfinished run: each
+    ``<Model>-stage{k}.pth`` holds the epochs so far (``history``, ``rows``) or, once done, its summary."""
+    import torch
+
+    stages, model = {}, None
+    for path in sorted(run.glob("*-stage[1-9]*.pth")):
+        name, stage = path.stem.rsplit("-", 1)
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("done"):
+            stages[stage] = saved["summary"]
+        else:
+            stages[stage] = {"epochs": saved["history"], "rows_trained": saved["rows"], "valid_rows": None}
+        model = name
+    seed = run.name.removeprefix("seed")
+    return {"model": model, "seed": int(seed) if seed.isdigit() else None, "stages": stages}
+
+
 def curve_rows(run: Path) -> list[dict]:
     """One row per (stage, epoch) that ``run`` trained itself."""
-    result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    finished = run / "result.json"
+    result = json.loads(finished.read_text(encoding="utf-8")) if finished.is_file() else stage_files_result(run)
     rows = []
     for stage, summary in (result.get("stages") or {}).items():
         epochs = (summary or {}).get("epochs") if isinstance(summary, dict) else None

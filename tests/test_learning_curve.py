@@ -36,3 +36,18 @@ def test_curve_counts_rows_cumulatively_and_skips_given_stages(tmp_path):
     assert frame[frame.stage == "stage1"].rows.tolist() == [1024]  # the given stage 1 is not counted again
     assert frame[frame.stage == "stage2"].valid_auc.tolist()[:3] == [0.7, 0.71, 0.72]
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_curve_of_a_run_still_training_from_its_stage_files(tmp_path):
+    import torch
+
+    run = tmp_path / "seed2021"
+    run.mkdir()
+    history = [{"epoch": k, "loss": 0.6, "auc": 0.74 + k / 100, "uauc": 0.6} for k in range(3)]
+    torch.save({"done": False, "epoch": 2, "history": history, "rows": 3072}, run / "HistLLM-stage2.pth")
+    torch.save({"done": True, "summary": {"rows_trained": 0, "epochs": []}}, run / "HistLLM-stage1.pth")
+    out = tmp_path / "curve"
+    assert learning_curve.main([str(run), "--out", str(out)]) == 0
+    frame = pd.read_csv(out.with_suffix(".csv"))
+    assert frame.stage.tolist() == ["stage2"] * 3 and frame.rows.tolist() == [1024, 2048, 3072]
+    assert frame.seed.tolist() == [2021] * 3 and frame.model.tolist() == ["HistLLM"] * 3
