@@ -113,9 +113,7 @@ class Config(RecBoleConfig):
         gathers itself (:mod:`recbole_histllm.distributed`)."""
         if distributed.launched_world_size() <= 1:
             return super()._init_device()
-        from recbole_histllm.model.llm_recommender import LLMRecommender
-
-        if not (isinstance(self.model_class, type) and issubclass(self.model_class, LLMRecommender)):
+        if not getattr(self.model_class, "supports_torchrun", False):  # declared by LLMRecommender
             raise UsageError(f"torchrun (distributed mode) runs the LLM models only; run {self.model} "
                              "as a single process: python run_recbole_histllm.py ...")
         config = self.final_config_dict

@@ -149,6 +149,7 @@ class LLMRecommender(AbstractRecommender):
     stage_trainable: ClassVar[dict[int, tuple[str, ...]]] = {1: (LORA,), 2: ("vma", "cia", "uhem")}
     visual_variant: ClassVar[bool | None] = None
     trainer_class: ClassVar[str] = "LLMTrainer"  # recbole_histllm.trainer: the staged trainer
+    supports_torchrun: ClassVar[bool] = True  # the LLM trainer shards and gathers itself (config._init_device)
 
     def __init__(self, config, dataset) -> None:
         super().__init__()
