@@ -1,7 +1,17 @@
-"""Writes the netflix parity fixture (raw files) once; committed under tests/data."""
-import random, sys
+"""Wrote the netflix parity fixture's raw files (``python make_raw.py tests/data/netflix_parity``).
+
+The golden outputs beside it came from the line-by-line parser (commit 3453258):
+``build_netflix(raw, "full", max_history=3, missing_meta="keep")`` and
+``build_netflix(raw, "sample", sample_users=25, seed=5)``.
+"""
+
+import random
+import sys
 from pathlib import Path
-root = Path(sys.argv[1]); raw = root / "raw"; raw.mkdir(parents=True, exist_ok=True)
+
+root = Path(sys.argv[1])
+raw = root / "raw"
+raw.mkdir(parents=True, exist_ok=True)
 rnd = random.Random(15)
 f1 = bytearray(b"\xef\xbb\xbf1:\r\n")
 f1 += b"0001001,5,2005-09-06\r\n 1002 , 3 , 2005-05-13 \n\n   \n1003,4,2004-02-29\n1003,4,2005-02-29\n"
