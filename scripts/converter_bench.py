@@ -78,6 +78,7 @@ def write_netflix(folder: Path, n_ratings: int, seed: int = 0, n_files: int = 4)
     days = np.array([(FIRST_DAY + timedelta(d)).isoformat() for d in range(n_days)], dtype=object)
     stars = np.array(["1", "2", "3", "4", "5"], dtype=object)
     per_movie = np.bincount(rng.integers(0, n_movies, n_ratings), minlength=n_movies)
+    n_files = min(n_files, n_movies)  # no empty file
     bounds = np.linspace(0, n_movies, n_files + 1).round().astype(int)
     for f in range(n_files):
         with open(folder / f"combined_data_{f + 1}.txt", "w", encoding="ascii", newline="\n") as out:
