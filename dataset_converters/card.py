@@ -1,6 +1,9 @@
 """Dataset card: the numbers of a built dataset, read back from its atomic files, beside the paper's Table 1.
 
-    python -m dataset_converters.card dataset/movie [dataset/netflix ...] [--format markdown|text]
+    python -m dataset_converters.card dataset/movie [dataset/netflix ...] [--format markdown|text] [--json]
+
+One column per dataset, each followed by the matching column of the paper's Table 1 (movie, netflix,
+news = mind; ``--paper`` picks it when the folder has another name).
 
 Reads ``<name>.inter`` (rows, users, positives, history column), ``<name>.item`` (the item universe and,
 after ``recbole_histllm.features.visual``, the ``has_image`` column), ``<name>.text`` (titles,
@@ -125,26 +128,43 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def format_card(card: Mapping[str, Any], paper: str | None = None, markdown: bool = True) -> str:
-    """The card as a two- or three-column table (ours | the paper's Table 1 column ``paper``)."""
-    ref = dict(PAPER_TABLE1.get(paper or "", {}))
+def _paper_column(paper: str | None) -> dict[str, Any]:
+    ref: dict[str, Any] = dict(PAPER_TABLE1.get(paper or "", {}))
     if ref:
         ref["rows"] = ref["train"] + ref["valid"] + ref["test"]
         ref["positive_share"] = round(ref["positive"] / ref["rows"], 3)
-    head = ["", card["name"]] + ([f"paper: {paper}"] if ref else [])
-    rows = [[label, _cell(card.get(key))] + ([_cell(ref.get(key))] if ref else [])
-            for key, label in ROWS if key in card or key in ref]
-    at = next(i for i, r in enumerate(rows) if r[0] == "#With image") + 1
-    rows[at:at] = [[f"#With {column}", _cell(n)] + ([""] if ref else [])
-                   for column, n in card.get("with_text", {}).items()]
+    return ref
+
+
+def format_cards(cards: Sequence[Mapping[str, Any]], papers: Sequence[str | None], markdown: bool = True) -> str:
+    """Cards side by side, each followed by its Table 1 column (``papers[i]``, None: no column)."""
+    columns: list[tuple[str, Mapping[str, Any]]] = []
+    for card, paper in zip(cards, papers):
+        columns.append((card["name"], card))
+        if paper in PAPER_TABLE1:
+            columns.append((f"paper: {paper}", _paper_column(paper)))
+    texts = sorted({c for card in cards for c in card.get("with_text", {})},
+                   key=lambda c: (c != "title", c != "description", c))
+    keys = [(key, label) for key, label in ROWS if any(key in col for _, col in columns)]
+    at = next(i for i, (key, _) in enumerate(keys) if key == "with_image") + 1
+    keys[at:at] = [(f"text:{c}", f"#With {c}") for c in texts]
+
+    def value(col: Mapping[str, Any], key: str) -> str:
+        if key.startswith("text:"):
+            return _cell(col["with_text"].get(key[5:])) if "with_text" in col else ""
+        return _cell(col.get(key))
+
+    head = [""] + [name for name, _ in columns]
+    rows = [[label] + [value(col, key) for _, col in columns] for key, label in keys]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
     else:
         width = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in [head, *rows]]
-    if card.get("image_source"):
-        lines.append(f"\nimages: {card['image_source']}")
+    for card in cards:
+        if card.get("image_source"):
+            lines.append(f"\n{card['name']} images: {card['image_source']}")
     return "\n".join(lines)
 
 
@@ -152,19 +172,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=existing_dir, help="built dataset folders (dataset/<name>)")
     parser.add_argument("--paper", default=None, choices=sorted(PAPER_TABLE1),
-                        help="Table 1 column to compare with (default: from the folder name)")
+                        help="Table 1 column to compare every folder with (default: from each folder's name)")
     parser.add_argument("--format", choices=("markdown", "text"), default="markdown")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead")
     args = parser.parse_args(argv)
     cards = [dataset_card(folder) for folder in args.folders]
-    for card in cards:
-        if args.json:
-            print(json.dumps(card, indent=2))
-            continue
-        paper = args.paper or PAPER_NAMES.get(card["name"])
-        print(f"### {card['name']}\n" if args.format == "markdown" else f"== {card['name']}")
-        print(format_card(card, paper, markdown=args.format == "markdown"))
-        print()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return cards
+    papers = [args.paper or PAPER_NAMES.get(card["name"]) for card in cards]
+    print(format_cards(cards, papers, markdown=args.format == "markdown"))
     return cards
 
 
