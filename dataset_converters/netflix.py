@@ -11,7 +11,8 @@ The rating files are parsed in blocks of 16 MiB with numpy (:func:`parse_ratings
 (``id:``, ``id,r,YYYY-MM-DD``) are checked and decoded by array operations, any other line by the
 reference rules of :func:`_parse_line` (stripped fields, Unicode digits, the same reasons), so memory
 is bounded by the block plus the ratings kept. Bad lines are counted with file, line number and reason
-(a rating before any ``<movie_id>:`` header, a bad date, a rating outside 1..5, an empty file, ...).
+(a rating before any ``<movie_id>:`` header, a bad date, a rating outside 1..5, an empty file, a line
+over 1 MiB, which is skipped while it is read, ...).
 With ``--sample_users N`` the users are sampled in a first pass over the rating files, so
 only the sampled users' ratings are held in memory (the full data has 100M ratings).
 """
@@ -80,6 +81,7 @@ _BLANK, _HEADER, _BAD_HEADER, _RATING, _BAD_RATING, _BAD = range(6)
 _NO_MOVIE = "rating without a valid movie header"
 _INT64_MAX = 2**63 - 1
 BLOCK_BYTES = 1 << 22  # bytes parsed at a time: memory is bounded by the block, not the file
+MAX_LINE_BYTES = 1 << 20  # a longer line is counted and skipped, never held whole
 _DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334], dtype=np.int64)
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
@@ -240,27 +242,37 @@ def _scan_block(buf: bytes, carry_movie: int) -> tuple[Ratings, list[tuple[int, 
     return ratings, bad, int(movie[-1]), latin1
 
 
-def _read_blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes, bytes]]:
-    """(number of the block's first line, whole lines, b'') for each block of ``path``; the last item
-    carries the unterminated tail instead (b'' lines). A UTF-8 BOM at the start is dropped."""
+def _read_blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes, str, bytes]]:
+    """``(line number, whole lines, "", b"")`` for each block of ``path`` (a UTF-8 BOM at the start
+    dropped), and ``(line number, b"", problem, text)`` for a line that is not parsed: ``"tail"`` (the
+    unterminated last line) or ``"long"`` (a line over ``MAX_LINE_BYTES``: skipped, so memory stays
+    bounded whatever the file holds)."""
     line_no = 1
     tail = b""
+    skipping = False  # inside a line over MAX_LINE_BYTES
     with open(path, "rb") as f:
         first = True
-        while True:
-            chunk = f.read(block_bytes)
+        while chunk := f.read(block_bytes):
             if first and chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]
             first = False
-            if not chunk:
-                break
             data = tail + chunk
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0:
+                    tail = b""
+                    continue
+                data, skipping, line_no = data[end + 1 :], False, line_no + 1
             cut = data.rfind(b"\n") + 1
             tail = data[cut:]
             if cut:
-                yield line_no, data[:cut], b""
+                yield line_no, data[:cut], "", b""
                 line_no += data.count(b"\n", 0, cut)
-    yield line_no, b"", tail
+            if len(tail) > MAX_LINE_BYTES:
+                yield line_no, b"", "long", tail[:200]
+                tail, skipping = b"", True
+    if not skipping:
+        yield line_no, b"", "tail", tail
 
 
 def parse_ratings(
@@ -280,7 +292,11 @@ def parse_ratings(
             report.bad(path, 0, "empty file")
             continue
         movie = -1  # each file starts without a movie
-        for line_no, buf, tail in _read_blocks(path, block_bytes or BLOCK_BYTES):
+        for line_no, buf, problem, tail in _read_blocks(path, block_bytes or BLOCK_BYTES):
+            if problem == "long":
+                report.bad(path, line_no, f"line longer than {MAX_LINE_BYTES} bytes (skipped)",
+                           tail.decode("latin-1"))
+                continue
             if tail:
                 try:
                     text = tail.decode("utf-8")
@@ -292,9 +308,10 @@ def parse_ratings(
                 continue
             if not buf:
                 continue
-            got, bad, movie, latin1 = _scan_block(buf, movie)
+            got, bad, movie, latin1_lines = _scan_block(buf, movie)
             bad_at = {i: (reason, text) for i, reason, text in bad}
-            for i in sorted(set(bad_at) | set(latin1)):
+            latin1 = set(latin1_lines)
+            for i in sorted(set(bad_at) | latin1):
                 if i in latin1:
                     report.note(f"{path.name}: lines decoded as latin-1")
                 if i in bad_at:
@@ -326,7 +343,7 @@ def _unique_users(files: list[Path], block_bytes: int | None = None) -> np.ndarr
         if path.stat().st_size == 0:
             continue
         movie = -1
-        for _, buf, _ in _read_blocks(path, block_bytes or BLOCK_BYTES):
+        for _, buf, _, _ in _read_blocks(path, block_bytes or BLOCK_BYTES):
             if buf:
                 got, _, movie, _ = _scan_block(buf, movie)
                 parts.append(_distinct(got.user))

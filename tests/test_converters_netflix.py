@@ -196,3 +196,14 @@ def test_netflix_huge_ids_are_counted_not_overflowed(tmp_path):
     assert s["rows"] == 1
     assert s["malformed"]["combined_data_1.txt"] == {
         "customer id out of range": 1, "movie id out of range": 1, "rating without a valid movie header": 1}
+
+
+@pytest.mark.parametrize("ending", [b"\n2:\n6,4,2005-01-03\n", b""])
+def test_netflix_overlong_line_is_skipped_not_held(tmp_path, monkeypatch, ending):
+    """A line over MAX_LINE_BYTES (here 64) is counted and skipped while being read, terminated or not."""
+    monkeypatch.setattr(netflix, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(netflix, "BLOCK_BYTES", 16)
+    raw = write_raw(tmp_path, {"combined_data_1.txt": b"1:\n5,4,2005-01-01\n" + b"x" * 500 + ending})
+    s = netflix.build_netflix(raw, tmp_path / "out")
+    assert s["rows"] == (2 if ending else 1)
+    assert s["malformed"]["combined_data_1.txt"] == {"line longer than 64 bytes (skipped)": 1}
