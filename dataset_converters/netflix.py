@@ -7,7 +7,7 @@ label = rating >= 4; timestamp = the date (UTC midnight); title "Title (YYYY)".
 
     python -m dataset_converters.netflix --raw DIR --output_dir dataset/netflix [--images DIR]
 
-The rating files are parsed in blocks of 16 MiB with numpy (:func:`parse_ratings`): plain lines
+The rating files are parsed in blocks of 4 MiB with numpy (:func:`parse_ratings`): plain lines
 (``id:``, ``id,r,YYYY-MM-DD``) are checked and decoded by array operations, any other line by the
 reference rules of :func:`_parse_line` (stripped fields, Unicode digits, the same reasons), so memory
 is bounded by the block plus the ratings kept. Bad lines are counted with file, line number and reason
