@@ -628,9 +628,10 @@ def finalize_dataset(
     inter = build_history(inter, max_history, prior_history)
 
     used = set(inter["item_id"])
-    for hist in inter["history"].tolist():
-        if hist:
-            used.update(hist.split(" "))
+    if prior_history:  # otherwise every history item is an earlier row's item: already in ``used``
+        for hist in inter["history"].tolist():
+            if hist:
+                used.update(hist.split(" "))
     text = items[items["item_id"].isin(used)]
     missing = sorted(used - set(text["item_id"]))
     if missing:

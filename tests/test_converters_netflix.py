@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,103 @@ def test_netflix_cli_kcore(tmp_path, capsys):
     s = netflix.main(["--raw", str(raw), "--out", str(tmp_path / "k"), "--user_core", "3"])
     assert s["user"] == 1 and s["dropped"]["kcore"] == 4
     assert "#Positive" in capsys.readouterr().out
+
+
+PARITY = Path(__file__).parent / "data" / "netflix_parity"
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("full", {"max_history": 3, "missing_meta": "keep"}), ("sample", {"sample_users": 25, "seed": 5})],
+)
+@pytest.mark.parametrize("block_bytes", [netflix.BLOCK_BYTES, 97])
+def test_netflix_parser_matches_line_by_line_parser(tmp_path, monkeypatch, name, options, block_bytes):
+    """Golden output of the line-by-line parser on a fixture with BOM, CRLF, blank and whitespace lines,
+    padded fields, latin-1 bytes, Unicode digits, bad headers, leap days, a truncated last line and 6%
+    random corruption (tests/data/netflix_parity): the vectorised parser reproduces it byte for byte, also
+    when the blocks cut lines (97 bytes)."""
+    monkeypatch.setattr(netflix, "BLOCK_BYTES", block_bytes)
+    out = tmp_path / name
+    netflix.build_netflix(PARITY / "raw", out, **options)
+    for suffix in (".inter", ".item", ".text"):
+        assert (out / f"{name}{suffix}").read_bytes() == (PARITY / name / f"{name}{suffix}").read_bytes()
+    got = json.loads((out / "summary.json").read_text())
+    want = json.loads((PARITY / name / "summary.json").read_text())
+    assert got.pop("source") and want.pop("source")
+    assert json.dumps(got) == json.dumps(want)  # same keys in the same order
+
+
+def test_netflix_fast_dates_match_reference():
+    """The vectorised date arithmetic agrees with date_to_timestamp on valid and invalid calendar dates."""
+    dates = [f"{y:04d}-{m:02d}-{d:02d}" for y in (1970, 1999, 2000, 2004, 2005, 2099, 2100)
+             for m in range(0, 14) for d in (0, 1, 15, 28, 29, 30, 31, 32)]
+    buf = b"7:\n" + b"".join(f"{i + 1},3,{d}\n".encode() for i, d in enumerate(dates))
+    got, bad, movie, _ = netflix._scan_block(buf, -1)
+    stamps = dict(zip(got.user.tolist(), got.timestamp.tolist()))
+    for i, d in enumerate(dates):
+        assert stamps.get(i + 1) == netflix.date_to_timestamp(d), d
+    assert {reason for _, reason, _ in bad} == {"invalid date"} and movie == 7
+
+
+def write_raw(root: Path, files: dict[str, bytes]) -> Path:
+    raw = root / "raw"
+    raw.mkdir()
+    for name, data in files.items():
+        (raw / name).write_bytes(data)
+    (raw / "movie_titles.csv").write_text("1,2000,A\n2,2001,B\n")
+    return raw
+
+
+def test_netflix_bad_input_counted_with_line(tmp_path, caplog):
+    raw = write_raw(tmp_path, {
+        "combined_data_1.txt": b"5,4,2005-01-01\n1:\n5,4,2005-01-01\n6,4,2005-02-30\n7,x,2005-01-01\n"
+                               b"8,4.5,2005-01-01\n",
+        "combined_data_2.txt": b"",
+        "combined_data_3.txt": b"2:\n5,1,2005-01-02\n",
+    })
+    s = netflix.build_netflix(raw, tmp_path / "out")
+    assert s["rows"] == 2
+    assert s["malformed"] == {
+        "combined_data_1.txt": {"rating without a valid movie header": 1, "invalid date": 1, "rating not in 1..5": 2},
+        "combined_data_2.txt": {"empty file": 1},
+    }
+    logged = caplog.text
+    assert "combined_data_1.txt:1: rating without a valid movie header" in logged
+    assert "combined_data_1.txt:4: invalid date | '6,4,2005-02-30'" in logged
+    assert "combined_data_1.txt:5: rating not in 1..5" in logged
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"combined_data_1.txt": b""}, "no valid rating line in combined_data_1.txt (1 malformed lines)"),
+        ({"combined_data_1.txt": b"5,4,2005-01-01\n"}, "no valid rating line"),
+    ],
+)
+def test_netflix_no_ratings_is_one_line_error(tmp_path, capsys, files, message):
+    from dataset_converters.cli import run_main
+
+    raw = write_raw(tmp_path, files)
+    assert run_main(netflix.main, ["--raw", str(raw), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_netflix_huge_ids_are_counted_not_overflowed(tmp_path):
+    raw = write_raw(tmp_path, {"combined_data_1.txt": b"1:\n5,4,2005-01-01\n123456789012345678901,4,2005-01-01\n"
+                                                     b"99999999999999999999:\n6,4,2005-01-01\n"})
+    s = netflix.build_netflix(raw, tmp_path / "out")
+    assert s["rows"] == 1
+    assert s["malformed"]["combined_data_1.txt"] == {
+        "customer id out of range": 1, "movie id out of range": 1, "rating without a valid movie header": 1}
+
+
+@pytest.mark.parametrize("ending", [b"\n2:\n6,4,2005-01-03\n", b""])
+def test_netflix_overlong_line_is_skipped_not_held(tmp_path, monkeypatch, ending):
+    """A line over MAX_LINE_BYTES (here 64) is counted and skipped while being read, terminated or not."""
+    monkeypatch.setattr(netflix, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(netflix, "BLOCK_BYTES", 16)
+    raw = write_raw(tmp_path, {"combined_data_1.txt": b"1:\n5,4,2005-01-01\n" + b"x" * 500 + ending})
+    s = netflix.build_netflix(raw, tmp_path / "out")
+    assert s["rows"] == (2 if ending else 1)
+    assert s["malformed"]["combined_data_1.txt"] == {"line longer than 64 bytes (skipped)": 1}
