@@ -29,6 +29,7 @@ from recbole.utils import init_seed
 
 from dataset_converters.core import build_history, read_inter
 from recbole_histllm.config import Config
+from recbole_histllm.config_schema import check_values
 from recbole_histllm.utils import InputError, UsageError, get_trainer
 
 OK, MALFORMED, UNKNOWN_USER, UNKNOWN_ITEM = "ok", "malformed", "unknown_user", "unknown_item"
@@ -77,6 +78,12 @@ def rebuild_config(result: dict, overrides: dict[str, Any] | None = None) -> Con
     unknown = sorted(set(overrides) - config.known_keys())
     if unknown:
         raise UsageError(f"unknown config key(s) {', '.join(unknown)}; see docs/config_keys.md")
+    given = {k: config[k] for k in overrides if k != "data_path"}  # (data_path: checked by load_run, never made)
+    fixed, errors = check_values(given, dict.fromkeys(given, "cmd"))
+    if errors:
+        raise UsageError("\n".join(errors))
+    for key, value in fixed.items():
+        config[key] = value
     return config
 
 
@@ -246,6 +253,24 @@ class Run:
         return out
 
 
+def _with_stage0(model, state: dict, folder: Path, train_dataset) -> dict:
+    """``state`` completed by the model's stage-0 tables: runs whose ``<Model>-best.pth`` predates saving the
+    CIA/MF (or BinLLM code) tables keep them only in ``<Name>-stage0.pth`` (or the recorded ``mf_checkpoint``
+    / ``hash_checkpoint``); they are loaded from there (by raw id) when the best file lacks them."""
+    spec = model.collaborative_model()
+    if spec is None or not set(model.checkpoint_state()) - set(state):
+        return state
+    given = model.config[spec.checkpoint_key] if spec.checkpoint_key in model.config else None
+    path = Path(given) if given else folder / f"{spec.name}-stage0.pth"
+    if not path.is_file():
+        return state  # load_checkpoint_state names what is missing
+    before = {k: v.clone() for k, v in model.checkpoint_state().items()}  # (detached views of live tensors)
+    model.load_collaborative(path, train_dataset)
+    after = model.checkpoint_state()
+    loaded = {k: v for k, v in after.items() if k not in state and not torch.equal(v, before[k])}
+    return {**loaded, **state}
+
+
 def load_run(folder: str | Path, **overrides: Any) -> Run:
     """Rebuild a run of ``run_recbole_histllm.py`` from its output folder (never written to).
 
@@ -272,7 +297,7 @@ def load_run(folder: str | Path, **overrides: Any) -> Run:
     saved = torch.load(weights, map_location="cpu", weights_only=False)
     try:
         if llm:
-            model.load_checkpoint_state(saved["state_dict"])
+            model.load_checkpoint_state(_with_stage0(model, saved["state_dict"], folder, train_data._dataset))
         else:
             model.load_state_dict(saved["state_dict"])
             model.load_other_parameter(saved.get("other_parameter"))
@@ -295,8 +320,13 @@ def evaluate_run(folder: str | Path, output_dir: str | Path | None = None, **ove
     """Score a saved run on its test split (``test_rows`` as recorded unless overridden) without training and
     write ``result.json`` and ``test_predictions.csv`` into ``output_dir`` (a NEW folder; default
     ``saved/<Model>-<dataset>-eval-<time>``). Returns the new result."""
-    from recbole_histllm.quick_start import code_version, default_output_dir, package_versions, subsample_test, \
-        write_predictions
+    from recbole_histllm.quick_start import (
+        code_version,
+        default_output_dir,
+        package_versions,
+        subsample_test,
+        write_predictions,
+    )
 
     folder = Path(folder)
     start = time.time()
@@ -320,7 +350,7 @@ def evaluate_run(folder: str | Path, output_dir: str | Path | None = None, **ove
         "test_rows": len(predictions["rec.score"]), "test_rows_in_split": full_rows,
         "wall_time_s": {"load": load_s, "test": time.time() - start},
         "versions": package_versions(), "code": code_version(), "config": run.config.final_config_dict,
-        "finished": datetime.now().isoformat(timespec="seconds"),
+        "finished": datetime.now().isoformat(timespec="seconds"), "output_dir": str(output_dir),
     }
     write_predictions(output_dir / "test_predictions.csv", test_data._dataset, predictions)
     with open(output_dir / "result.json", "w", encoding="utf-8") as handle:
@@ -357,3 +387,21 @@ def cli_main(argv: list[str] | None, usage: str, body) -> int:
         return 2
     logging.shutdown()
     return code
+
+
+EVAL_USAGE = ("usage: python run_recbole_histllm.py --eval_only --run=DIR [--test_rows=N] [--output_dir=DIR] "
+              "[--any_config_key=value ...]")
+
+
+def eval_only_main(argv: list[str]) -> int:
+    """``run_recbole_histllm.py --eval_only --run=DIR ...``: :func:`evaluate_run` from the command line."""
+    argv = [a for a in argv if a not in ("--eval_only", "--eval_only=True", "--eval_only=true")]
+
+    def body(args: dict[str, str]) -> int:
+        output_dir = args.pop("output_dir", None)
+        result = evaluate_run(args.pop("run"), output_dir, **args)
+        print(f"test result: {result['test_result']} ({result['test_rows']} rows)")
+        print(f"results written to {result['output_dir']}")
+        return 0
+
+    return cli_main(argv, EVAL_USAGE, body)
