@@ -5,7 +5,8 @@
 
 For each test user with at least one test positive (``rerank_users``: a seed-fixed sample of them), the
 candidates are the ``rerank_k`` items the MF-style run scores highest among the items the user has no
-train row with, and nothing else. The LLM run scores every candidate, its history being the user's likes
+train row with (and that have train rows at all: an ID model cannot place the others), and nothing else.
+The LLM run scores every candidate, its history being the user's likes
 strictly before their first test row. Both orderings of the same candidates are measured with RecBole's
 metric functions (``recbole.evaluator.metrics``) against the user's test positives (all of them, also
 those MF did not propose): Recall@10, NDCG@10 and MRR over the whole candidate list (MRR@K).
@@ -98,8 +99,9 @@ def rerank(llm: Run, mf: Run, k: int, n_users: int | None) -> tuple[dict[str, An
                           [[]] * (len(users) * len(all_items)), np.full(len(users) * len(all_items), np.inf))
     mf_all = mf_all.reshape(len(users), len(all_items))
     candidates = np.zeros((len(users), k), dtype=np.int64)
+    learnt = mf.train_counts("item")[all_items] > 0  # an ID model cannot place an item it never trained on
     for row, user in enumerate(users.tolist()):
-        allowed = np.array([(user, int(i)) not in seen for i in all_items])
+        allowed = learnt & np.array([(user, int(i)) not in seen for i in all_items])
         scores = np.where(allowed, mf_all[row], -np.inf)
         candidates[row] = all_items[np.argsort(-scores, kind="stable")[:k]]
     mf_scores = np.take_along_axis(mf_all, candidates - 1, axis=1)
