@@ -197,9 +197,8 @@ class Run:
         rows = np.arange(n)
         if n == 0:
             return np.empty(0)
-        trainer = self.trainer()
-        if hasattr(trainer, "score_rows"):
-            return trainer.score_rows(subset, rows, desc="score")["score"]
+        if self.is_llm:  # the staged trainer's own scoring: the same batches as its test pass
+            return self.trainer().score_rows(subset, rows, desc="score")["score"]
         size = int(self.config["eval_batch_size"])
         out = []
         with torch.no_grad():
