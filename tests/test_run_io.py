@@ -231,3 +231,16 @@ def test_rerank_needs_two_runs_of_the_same_dataset(cold, tmp_path, capsys):
     assert "--mf_run=DIR is required" in capsys.readouterr().err
     assert rerank_cli.main([f"--run={cold['hist']}", f"--mf_run={tmp_path}"]) == 2
     assert "no result.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["VBPR", "BM3", "LGMRec", "MG", "DeepFM", "CoLLM", "BinLLM", "TALLRec-image",
+                                   "ZeroShot"])
+def test_every_model_kind_reloads_with_the_same_scores(model, tiny_root, tmp_path):
+    """load_run restores each family (RecBole checkpoints; LLM trainable weights with MF or hash tables)."""
+    llm = model in ("CoLLM", "BinLLM", "TALLRec-image", "ZeroShot")
+    keys = {**FAST_LLM, "stage2_epochs": 1} if llm else {"epochs": 1, "show_progress": False}
+    train(model, "tiny", [], {"data_path": str(tiny_root), **keys}, tmp_path / "run")
+    assert run_main(["--eval_only", f"--run={tmp_path / 'run'}", f"--output_dir={tmp_path / 'eval'}"]) == 0
+    expected, got = (pd.read_csv(tmp_path / d / "test_predictions.csv", dtype=STR) for d in ("run", "eval"))
+    assert (got.item_id == expected.item_id).all() and len(got) == len(expected) > 0
+    np.testing.assert_allclose(got.score, expected.score, atol=1e-6, rtol=0)
