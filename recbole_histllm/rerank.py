@@ -33,6 +33,7 @@ from recbole_histllm.utils import InputError, UsageError
 USAGE = ("usage: python -m recbole_histllm.rerank --run=LLM_RUN --mf_run=MF_RUN [--rerank_k=50] "
          "[--rerank_users=N] [--output_dir=DIR]")
 CUTOFF = 10
+DEFAULT_K = 50
 
 
 def ranking_metrics(scores: np.ndarray, positive: np.ndarray, n_positive: np.ndarray) -> dict[str, float]:
@@ -137,7 +138,8 @@ def command(args: dict[str, str]) -> int:
     mf = load_run(mf_dir, **{key: value for key, value in args.items() if key == "data_path"})
     if llm.result["dataset"] != mf.result["dataset"]:
         raise InputError(f"--run is on {llm.result['dataset']}, --mf_run on {mf.result['dataset']}")
-    k, n_users = int(llm.config["rerank_k"]), llm.config["rerank_users"]
+    k = int(llm.config["rerank_k"]) if "rerank_k" in llm.config else DEFAULT_K  # (no property default: config.py)
+    n_users = llm.config["rerank_users"] if "rerank_users" in llm.config else None
     result, rows = rerank(llm, mf, k, None if n_users is None else int(n_users))
     result.update(run=str(llm_dir), mf_run=str(mf_dir), model=llm.result["model"], mf_model=mf.result["model"],
                   dataset=llm.result["dataset"], seed=llm.config["seed"],
