@@ -244,3 +244,14 @@ def test_every_model_kind_reloads_with_the_same_scores(model, tiny_root, tmp_pat
     expected, got = (pd.read_csv(tmp_path / d / "test_predictions.csv", dtype=STR) for d in ("run", "eval"))
     assert (got.item_id == expected.item_id).all() and len(got) == len(expected) > 0
     np.testing.assert_allclose(got.score, expected.score, atol=1e-6, rtol=0)
+
+
+def test_without_a_timestamp_column_the_history_is_every_like(cold):
+    run = load_run(cold["hist"])
+    pairs = pd.DataFrame({"user_id": ["1", "2", "3"], "item_id": ["3", "4", "5"]})
+    plain = run.score(pairs)
+    empty = run.score(pairs.assign(timestamp=""))
+    latest = run.score(pairs.assign(timestamp=str(10**9)))  # later than every row of the dataset
+    assert (plain.status == "ok").all()
+    np.testing.assert_array_equal(plain.score, empty.score)
+    np.testing.assert_allclose(plain.score, latest.score, atol=1e-7)
