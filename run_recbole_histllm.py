@@ -2,6 +2,7 @@
 
     python run_recbole_histllm.py --model=HistLLM --dataset=ml-100k [--config_files="a.yaml b.yaml"]
         [--output_dir=DIR] [--debug] [--any_recbole_key=value ...]
+    python run_recbole_histllm.py --eval_only --run=DIR [--test_rows=N] [--output_dir=NEW_DIR]   # no training
 """
 
 import sys

@@ -2,7 +2,8 @@
 
 Importing the package applies the RecBole compatibility shims (:mod:`.compat`) and
 registers UAUC in RecBole's evaluator, so ``metrics: [AUC, UAUC, LogLoss]`` works for
-every model, RecBole's own included.
+every model, RecBole's own included. ``from recbole_histllm import load_run`` reloads a finished run
+(:mod:`.run_io`).
 """
 
 from recbole_histllm import compat
@@ -14,3 +15,12 @@ from recbole_histllm import evaluator as _evaluator  # noqa: E402
 _evaluator.install()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``load_run`` / ``Run`` (:mod:`.run_io`), imported on first use: ``import recbole_histllm`` stays light."""
+    if name in ("load_run", "Run"):
+        from recbole_histllm import run_io
+
+        return getattr(run_io, name)
+    raise AttributeError(f"module 'recbole_histllm' has no attribute {name!r}")

@@ -19,8 +19,11 @@ from recbole.utils import argument_list
 from recbole_histllm import distributed
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_model, model_label
 
-# Keys that are not RecBole's but that the plugin's CLI and pipeline read.
-PLUGIN_KEYS = {"output_dir", "config_files", "debug", "model", "dataset"}
+# Keys that are not RecBole's but that the plugin's CLI and pipeline read. The run-using commands' keys
+# (run_io, predict, rerank) have no property default: a new default would make every finished run's
+# recorded config differ from a fresh one, and the table runner would stop reusing them.
+PLUGIN_KEYS = {"output_dir", "config_files", "debug", "model", "dataset",
+               "eval_only", "run", "mf_run", "rerank_k", "rerank_users"}
 
 
 def read_yaml(path: str | os.PathLike, loader=yaml.FullLoader) -> dict:

@@ -257,6 +257,14 @@ SCHEMA: dict[str, Rule] = {
     "tallrec_desc": Bool("TALLRec_desc (Fig. 8): descriptions in place of titles"),
     "vlm_path": PathTo("ZeroShot: local image-text-to-text model folder (~ = text only)", exists="dir"),
     "poster_dir": PathTo("ZeroShot with vlm_path: posters named <raw item id>.jpg|.png", exists="dir"),
+    # ---- using a finished run (recbole_histllm.run_io, .predict, .rerank) ---------------------------
+    "eval_only": Bool("score the saved run --run on its test split into a new folder (no training; unset: False)"),
+    "run": PathTo("output folder of a finished run (eval_only, predict, rerank)", exists="dir"),
+    "mf_run": PathTo("rerank: the finished MF-style run that proposes the candidates", exists="dir"),
+    "rerank_k": Int("rerank: candidates per user, MF's top K over items not in the user's train rows (unset: 50)",
+                    1),
+    "rerank_users": Int("rerank: a seed-fixed sample of N test users (~ or unset: every user with a test positive)",
+                        1, none=True),
     # ---- BinLLM / HashMF -------------------------------------------------------------------------
     "binllm_bits": Int("hash code length", 1),
     "binllm_code_format": Choice("how codes are written in the prompt", "binary", "dotted"),

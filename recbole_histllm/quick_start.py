@@ -33,6 +33,7 @@ from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer
 USAGE = (
     "usage: python run_recbole_histllm.py --model=NAME --dataset=NAME "
     '[--config_files="a.yaml b.yaml"] [--output_dir=DIR] [--debug] [--any_recbole_key=value ...]'
+    "; or --eval_only --run=DIR [--test_rows=N]"
 )
 # RecBole builds a GradScaler the deprecated way every epoch; the warning says nothing to users.
 warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
@@ -271,6 +272,10 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: bad input -> one line on stderr and exit code 2 (``--debug``: traceback)."""
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--eval_only", "--eval_only=True", "--eval_only=true") for a in argv):  # no training
+        from recbole_histllm.run_io import eval_only_main
+
+        return eval_only_main(argv)
     debug = "--debug" in argv or "--debug=True" in argv
     try:
         args = parse_args(argv)
