@@ -7,7 +7,7 @@
 
 import sys
 
-from recbole_histllm.quick_start import main
+from recbole_histllm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

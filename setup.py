@@ -45,6 +45,6 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest", "ruff"]},
-    entry_points={"console_scripts": ["recbole-histllm=recbole_histllm.quick_start:main"]},
+    entry_points={"console_scripts": ["recbole-histllm=recbole_histllm.cli:main"]},
     cmdclass={"build_py": BuildWithProperties},
 )

@@ -272,10 +272,10 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: bad input -> one line on stderr and exit code 2 (``--debug``: traceback)."""
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("--eval_only", "--eval_only=True", "--eval_only=true") for a in argv):  # no training
-        from recbole_histllm.run_io import eval_only_main
-
-        return eval_only_main(argv)
+    if any(a.split("=")[0] == "--eval_only" for a in argv):
+        print("error: --eval_only re-scores a finished run without training: "
+              "python run_recbole_histllm.py --eval_only --run=DIR (recbole_histllm.cli)", file=sys.stderr)
+        return 2
     debug = "--debug" in argv or "--debug=True" in argv
     try:
         args = parse_args(argv)

@@ -11,7 +11,9 @@ trainable weights (LoRA, mapping modules, UHEM and the CIA/MF tables, all in ``c
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +32,16 @@ from recbole.utils import init_seed
 from dataset_converters.core import build_history, read_inter
 from recbole_histllm.config import Config
 from recbole_histllm.config_schema import check_values
+from recbole_histllm.model.llm_recommender import LLMRecommender
+from recbole_histllm.quick_start import (
+    _jsonable,
+    code_version,
+    default_output_dir,
+    package_versions,
+    parse_args,
+    subsample_test,
+    write_predictions,
+)
 from recbole_histllm.utils import InputError, UsageError, get_trainer
 
 OK, MALFORMED, UNKNOWN_USER, UNKNOWN_ITEM = "ok", "malformed", "unknown_user", "unknown_item"
@@ -37,12 +49,6 @@ OK, MALFORMED, UNKNOWN_USER, UNKNOWN_ITEM = "ok", "malformed", "unknown_user", "
 DERIVED_KEYS = {"device", "checkpoint_dir", "data_path", "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE",
                 "eval_type", "local_rank", "world_size", "nproc", "single_spec", "state", "gpu_id", "use_gpu",
                 "eval_only", "run", "output_dir", "config_files", "debug"}
-
-
-def _jsonable(value: Any) -> Any:
-    from recbole_histllm.quick_start import _jsonable as convert
-
-    return convert(value)
 
 
 def read_result(folder: Path) -> dict:
@@ -122,8 +128,6 @@ class Run:
     @property
     def is_llm(self) -> bool:
         """An LLM recommender: scores any item of the dataset's item files from its text (and image)."""
-        from recbole_histllm.model.llm_recommender import LLMRecommender
-
         return isinstance(self.model, LLMRecommender)
 
     def trainer(self, checkpoint_dir: str | Path | None = None):
@@ -276,8 +280,6 @@ def load_run(folder: str | Path, **overrides: Any) -> Run:
     ``overrides``: config keys replacing the recorded ones (``data_path`` when the data moved,
     ``eval_batch_size``, ``test_rows`` ...). Raises :class:`InputError` for a folder that is not a run.
     """
-    from recbole_histllm.model.llm_recommender import LLMRecommender
-
     folder = Path(folder)
     result = read_result(folder)
     overrides.setdefault("show_progress", False)
@@ -319,14 +321,6 @@ def evaluate_run(folder: str | Path, output_dir: str | Path | None = None, **ove
     """Score a saved run on its test split (``test_rows`` as recorded unless overridden) without training and
     write ``result.json`` and ``test_predictions.csv`` into ``output_dir`` (a NEW folder; default
     ``saved/<Model>-<dataset>-eval-<time>``). Returns the new result."""
-    from recbole_histllm.quick_start import (
-        code_version,
-        default_output_dir,
-        package_versions,
-        subsample_test,
-        write_predictions,
-    )
-
     folder = Path(folder)
     start = time.time()
     run = load_run(folder, **overrides)
@@ -361,11 +355,6 @@ def cli_main(argv: list[str] | None, usage: str, body) -> int:
     """Shared frame of the run commands: ``--key=value`` arguments (:func:`quick_start.parse_args`), ``--run``
     required, ``body(args)`` run; a :class:`UsageError` is one line on stderr and exit 2 (``--debug``:
     the traceback)."""
-    import logging
-    import sys
-
-    from recbole_histllm.quick_start import parse_args
-
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or "--debug=True" in argv
     try:

@@ -15,7 +15,7 @@ from dataset_converters.core import INTER_HEADER, build_history, read_inter
 from recbole_histllm import load_run
 from recbole_histllm import predict as predict_cli
 from recbole_histllm import rerank as rerank_cli
-from recbole_histllm.quick_start import main as run_main
+from recbole_histllm.cli import main as run_main
 from recbole_histllm.quick_start import run as train
 
 HELD_OUT = [str(i) for i in range(13, 23)]  # 10 items: rows dropped from .inter, kept in .item and .text
@@ -255,3 +255,11 @@ def test_without_a_timestamp_column_the_history_is_every_like(cold):
     assert (plain.status == "ok").all()
     np.testing.assert_array_equal(plain.score, empty.score)
     np.testing.assert_allclose(plain.score, latest.score, atol=1e-7)
+
+
+def test_quick_start_alone_refuses_eval_only_and_names_the_command(capsys):
+    """Training's entry point never trains on ``--eval_only``: it names the command that re-scores a run."""
+    from recbole_histllm import quick_start
+
+    assert quick_start.main(["--eval_only", "--run=somewhere"]) == 2
+    assert "python run_recbole_histllm.py --eval_only --run=DIR" in capsys.readouterr().err
