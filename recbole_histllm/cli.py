@@ -7,8 +7,7 @@ from __future__ import annotations
 import sys
 
 from recbole_histllm import quick_start, run_io
-
-EVAL_ONLY_FLAGS = ("--eval_only", "--eval_only=True", "--eval_only=true")
+from recbole_histllm.quick_start import EVAL_ONLY_FLAGS
 
 
 def main(argv: list[str] | None = None) -> int:

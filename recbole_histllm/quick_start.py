@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import platform
 import subprocess
 import sys
@@ -28,13 +27,15 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_histllm import distributed
 from recbole_histllm.config import Config
 from recbole_histllm.config_schema import check_config
-from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer
+from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer, run_command, wants_debug
 
 USAGE = (
     "usage: python run_recbole_histllm.py --model=NAME --dataset=NAME "
     '[--config_files="a.yaml b.yaml"] [--output_dir=DIR] [--debug] [--any_recbole_key=value ...]'
     "; or --eval_only --run=DIR [--test_rows=N]"
 )
+#: the arguments that make the command line re-score a finished run (recbole_histllm.cli) instead of training
+EVAL_ONLY_FLAGS = ("--eval_only", "--eval_only=True", "--eval_only=true")
 # RecBole builds a GradScaler the deprecated way every epoch; the warning says nothing to users.
 warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
 VERSIONED_PACKAGES = ("recbole", "torch", "transformers", "peft", "numpy", "pandas", "scikit-learn")
@@ -272,27 +273,22 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: bad input -> one line on stderr and exit code 2 (``--debug``: traceback)."""
     argv = sys.argv[1:] if argv is None else argv
-    if any(a.split("=")[0] == "--eval_only" for a in argv):
+    if any(a in EVAL_ONLY_FLAGS for a in argv):
         print("error: --eval_only re-scores a finished run without training: "
               "python run_recbole_histllm.py --eval_only --run=DIR (recbole_histllm.cli)", file=sys.stderr)
         return 2
-    debug = "--debug" in argv or "--debug=True" in argv
-    try:
+
+    def train() -> int:
         args = parse_args(argv)
         model, dataset = args.pop("model"), args.pop("dataset")
         files = args.pop("config_files", "").split()
         output_dir = Path(args.pop("output_dir", "") or default_output_dir(model, dataset))
         args.pop("debug", None)
         run(model, dataset, files, args, output_dir)
-    except UsageError as err:
-        if debug:
-            raise
-        for line in str(err).splitlines() or [""]:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    logging.shutdown()
-    print(f"results written to {output_dir}")
-    return 0
+        print(f"results written to {output_dir}")
+        return 0
+
+    return run_command(train, wants_debug(argv))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ trainable weights (LoRA, mapping modules, UHEM and the CIA/MF tables, all in ``c
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 import time
@@ -34,6 +33,7 @@ from recbole_histllm.config import Config
 from recbole_histllm.config_schema import check_values
 from recbole_histllm.model.llm_recommender import LLMRecommender
 from recbole_histllm.quick_start import (
+    EVAL_ONLY_FLAGS,
     _jsonable,
     code_version,
     default_output_dir,
@@ -42,7 +42,7 @@ from recbole_histllm.quick_start import (
     subsample_test,
     write_predictions,
 )
-from recbole_histllm.utils import InputError, UsageError, get_trainer
+from recbole_histllm.utils import InputError, UsageError, get_trainer, run_command, wants_debug
 
 OK, MALFORMED, UNKNOWN_USER, UNKNOWN_ITEM = "ok", "malformed", "unknown_user", "unknown_item"
 # keys the configuration derives on every build (device, paths, registry types): never replayed from a record
@@ -356,8 +356,8 @@ def cli_main(argv: list[str] | None, usage: str, body) -> int:
     required, ``body(args)`` run; a :class:`UsageError` is one line on stderr and exit 2 (``--debug``:
     the traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv or "--debug=True" in argv
-    try:
+
+    def command() -> int:
         if any(a in ("-h", "--help") for a in argv):
             print(usage)
             return 0
@@ -366,15 +366,9 @@ def cli_main(argv: list[str] | None, usage: str, body) -> int:
             args.pop(key, None)
         if not args.get("run"):
             raise UsageError(f"--run=DIR is required. {usage}")
-        code = body(args)
-    except UsageError as err:
-        if debug:
-            raise
-        for line in str(err).splitlines() or [""]:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    logging.shutdown()
-    return code
+        return body(args)
+
+    return run_command(command, wants_debug(argv))
 
 
 EVAL_USAGE = ("usage: python run_recbole_histllm.py --eval_only --run=DIR [--test_rows=N] [--output_dir=DIR] "
@@ -383,7 +377,7 @@ EVAL_USAGE = ("usage: python run_recbole_histllm.py --eval_only --run=DIR [--tes
 
 def eval_only_main(argv: list[str]) -> int:
     """``run_recbole_histllm.py --eval_only --run=DIR ...``: :func:`evaluate_run` from the command line."""
-    argv = [a for a in argv if a not in ("--eval_only", "--eval_only=True", "--eval_only=true")]
+    argv = [a for a in argv if a not in EVAL_ONLY_FLAGS]
 
     def body(args: dict[str, str]) -> int:
         output_dir = args.pop("output_dir", None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from recbole.utils import get_model as recbole_get_model
@@ -70,3 +73,23 @@ def get_trainer(model_type, model_name: str) -> type:
     if declared:
         return getattr(module, declared)
     return recbole_get_trainer(model_type, model_name)
+
+
+def wants_debug(argv: Sequence[str]) -> bool:
+    """``--debug`` (or ``--debug=True``) among command-line arguments: keep tracebacks."""
+    return "--debug" in argv or "--debug=True" in argv
+
+
+def run_command(body: Callable[[], int], debug: bool = False) -> int:
+    """Exit code of a command: ``body()``'s, or 2 after one ``error: ...`` line per line of a
+    :class:`UsageError` on stderr (re-raised with ``debug``)."""
+    try:
+        code = body()
+    except UsageError as err:
+        if debug:
+            raise
+        for line in str(err).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    logging.shutdown()
+    return code
