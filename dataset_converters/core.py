@@ -40,6 +40,8 @@ logger = logging.getLogger("dataset_converters")
 
 INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
 INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\thistory:token_seq"
+#: Optional interaction columns a converter may add (written after :data:`INTER_COLUMNS` when present).
+EXTRA_INTER_COLUMNS = {"impression_id": "token"}
 ITEM_HEADER = "item_id:token"
 TEXT_BASE_COLUMNS = ("item_id", "title", "description")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
@@ -512,7 +514,8 @@ def write_dataset(
 ) -> Path:
     """Write ``<name>.inter``, ``<name>.item``, ``<name>.text`` and ``summary.json`` atomically.
 
-    ``inter`` has :data:`INTER_COLUMNS` (sorted by user then time); ``text`` has one row
+    ``inter`` has :data:`INTER_COLUMNS` (sorted by user then time) and optionally those of
+    :data:`EXTRA_INTER_COLUMNS`; ``text`` has one row
     per item of ``.item`` with at least ``item_id`` and ``title`` (``description`` and any
     extra text columns optional). Returns the output directory.
     """
@@ -523,16 +526,19 @@ def write_dataset(
         text["description"] = ""
     columns = list(TEXT_BASE_COLUMNS) + [c for c in text.columns if c not in TEXT_BASE_COLUMNS]
     text = text[columns].sort_values("item_id", kind="mergesort")
+    extra = [c for c in EXTRA_INTER_COLUMNS if c in inter.columns]
+    header = "\t".join([INTER_HEADER] + [f"{c}:{EXTRA_INTER_COLUMNS[c]}" for c in extra])
     with atomic_output_dir(out) as tmp:
         _write_lines(
             tmp / f"{name}.inter",
-            INTER_HEADER,
+            header,
             zip(
                 inter["user_id"].astype(str).tolist(),
                 inter["item_id"].astype(str).tolist(),
                 [str(int(v)) for v in inter["label"].tolist()],
                 _format_number(inter["timestamp"].to_numpy()),
                 inter["history"].astype(str).tolist(),
+                *(inter[c].astype(str).tolist() for c in extra),
             ),
         )
         _write_lines(tmp / f"{name}.item", ITEM_HEADER, ((i,) for i in text["item_id"].tolist()))
@@ -570,7 +576,9 @@ def finalize_dataset(
 ) -> dict[str, Any]:
     """Filter, build history, summarise and write one dataset; returns the summary.
 
-    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds).
+    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds), optionally
+    :data:`EXTRA_INTER_COLUMNS` (e.g. MIND's impression_id), carried through to ``.inter``.
+    ``summary["target_in_history"]`` counts rows whose own item is in their history (kept).
     ``items``: item metadata, columns item_id, title (+ extra text columns); items absent
     from it are handled by ``missing_meta`` ('keep': empty title, 'drop': rows removed),
     for interaction rows and for ``prior_history`` items alike.
@@ -578,7 +586,7 @@ def finalize_dataset(
     ``require_image``: drop rows whose item is not in ``image_items`` (counted).
     """
     report = report or ConversionReport()
-    inter = inter[["user_id", "item_id", "label", "timestamp"]].copy()
+    inter = inter[["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]].copy()
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
     inter["label"] = inter["label"].astype(np.int64)
@@ -644,6 +652,9 @@ def finalize_dataset(
     summary = summarize(inter, text["item_id"], image_items)
     summary["item_in_inter"] = int(inter["item_id"].nunique())
     summary["rows"] = int(len(inter))
+    summary["target_in_history"] = int(sum(
+        item in hist.split(" ") for item, hist in zip(inter["item_id"].tolist(), inter["history"].tolist()) if hist
+    ))
     summary["max_history"] = int(max_history)
     summary.update(report.to_dict())
     summary["options"] = {
