@@ -202,6 +202,25 @@ def test_old_mind_folder_without_impression_column_is_one_clear_error(tmp_path):
         dataset.build()
 
 
+def test_llm_trainer_scores_impressions_and_writes_their_ids(tmp_path):
+    """ZeroShot (no training: the LLM trainer's scoring path alone) on the MIND fixture with the tiny LLM."""
+    from conftest import FAST_LLM
+
+    from recbole_histllm.quick_start import main
+
+    mind.build_mind(write_mind_raw(tmp_path / "raw", n_users=8), tmp_path / "data" / "mind")
+    out = tmp_path / "out"
+    args = [f"--{k}={v}" for k, v in FAST_LLM.items() if v is not None]
+    assert main(["--model=ZeroShot", "--dataset=mind", f"--data_path={tmp_path / 'data'}", f"--output_dir={out}",
+                 *args]) == 0
+    result = json.loads((out / "result.json").read_text())["test_result"]
+    predictions = pd.read_csv(out / "test_predictions.csv", dtype={"impression_id": str})
+    values, _, _ = impression_metrics(predictions.impression_id.to_numpy(), predictions.score.to_numpy(),
+                                      predictions.label.to_numpy(), (5, 10))
+    assert {k: result[k] for k in values} == pytest.approx(values, abs=1e-4)  # 4 decimals in result.json
+    assert predictions.groupby("impression_id").user_id.nunique().max() == 1
+
+
 # ---- the real excerpt, end to end ---------------------------------------------------------------------
 MIND_RAW = SHARED_DATA / "mind" / "raw"
 
