@@ -421,16 +421,29 @@ def summarize(
     item_ids: Iterable[str] | None = None,
     image_items: Iterable[str] | None = None,
     ratios: Sequence[float] = DEFAULT_RATIOS,
+    unit: str | None = None,
 ) -> dict[str, Any]:
     """Table-1 numbers: per-user split sizes, #user, #item, #positive, #negative, #with image.
 
     ``item`` counts the items of ``item_ids`` (the rows of ``.item``; default: the items
     of ``df``); ``with_image`` counts those in ``image_items`` (None when no images given).
+    ``unit`` (a column, e.g. MIND's impression_id; ``df`` sorted by user then time): the split
+    counts whole units per user, as the plugin's impression split (rows still reported).
     """
-    train = valid = test = 0
-    for tot in df.groupby("user_id", sort=False).size().tolist():
-        c = split_counts(int(tot), ratios)
-        train, valid, test = train + c[0], valid + c[1], test + c[2]
+    if unit:
+        firsts = df.drop_duplicates(["user_id", unit])
+        position = firsts.groupby("user_id", sort=False).cumcount().to_numpy()
+        total = firsts.groupby("user_id", sort=False)[unit].transform("size").to_numpy()
+        cuts = {t: np.cumsum(split_counts(int(t), ratios)) for t in np.unique(total)}
+        part = np.array([np.searchsorted(cuts[t], p, side="right") for p, t in zip(position, total)], dtype=int)
+        rows = df.groupby(["user_id", unit], sort=False).size().reindex(
+            pd.MultiIndex.from_frame(firsts[["user_id", unit]])).to_numpy()
+        train, valid, test = (int(rows[part == k].sum()) for k in range(3))
+    else:
+        train = valid = test = 0
+        for tot in df.groupby("user_id", sort=False).size().tolist():
+            c = split_counts(int(tot), ratios)
+            train, valid, test = train + c[0], valid + c[1], test + c[2]
     items = set(df["item_id"]) if item_ids is None else set(item_ids)
     pos = int((df["label"] == 1).sum())
     return {
@@ -649,7 +662,7 @@ def finalize_dataset(
         text = pd.concat([text, filler], ignore_index=True)
     text = text.fillna("")
 
-    summary = summarize(inter, text["item_id"], image_items)
+    summary = summarize(inter, text["item_id"], image_items, unit="impression_id" if "impression_id" in inter else None)
     summary["item_in_inter"] = int(inter["item_id"].nunique())
     summary["rows"] = int(len(inter))
     summary["target_in_history"] = int(sum(

@@ -120,6 +120,9 @@ def test_mind_impression_column_and_target_in_history(converted, tmp_path):
     assert inter[inter.user_id == "U1"]["impression_id"].tolist() == ["1", "1", "3", "3", "3", "5"]
     # U1 clicked N3 (impression 1) and N5 (impression 3) and is shown them again later: kept and counted
     assert s["target_in_history"] == 2
+    # Table-1 split counts by whole impressions, as the plugin splits: U1 has impressions of 2, 3, 1 rows
+    # (1 / 1 / 1 impressions), U2 of 2, 2 rows (1 / 0 / 1)
+    assert (s["train"], s["valid"], s["test"]) == (2 + 2, 3, 1 + 2)
     second = tmp_path / "dev"
     second.mkdir()
     (second / "news.tsv").write_text(_news("N8", "Eight", "") + "\n", encoding="utf-8")
