@@ -101,6 +101,10 @@ def test_reuse_matches_configs_and_tolerates_keys_added_later(tmp_path):
     assert not tbl._matches(result, {"model": "MF", "learning_rate": 0.01}, 3000)
     assert tbl._matches(result, {"model": "MF", "load_in_4bit": False, "ddp_backend": None}, 3000)
     assert not tbl._matches(result, {"model": "MF", "load_in_4bit": True}, 3000)
+    # the LLM profile's test_rows=3000 on a 210-row test split scored the whole split: serves a whole-split table
+    small = tmp_path / "small.json"
+    small.write_text('{"config": {"model": "MF", "test_rows": 3000}, "test_rows": 210, "test_rows_in_split": 210}')
+    assert tbl._matches(small, {"model": "MF"}, None)
 
 
 def test_reuse_only_builds_from_finished_runs_and_marks_missing_seeds(tiny_root, tmp_path, monkeypatch, capsys):
