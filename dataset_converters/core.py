@@ -40,6 +40,8 @@ logger = logging.getLogger("dataset_converters")
 
 INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
 INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\thistory:token_seq"
+#: Optional interaction columns a converter may add (written after :data:`INTER_COLUMNS` when present).
+EXTRA_INTER_COLUMNS = {"impression_id": "token"}
 ITEM_HEADER = "item_id:token"
 TEXT_BASE_COLUMNS = ("item_id", "title", "description")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
@@ -419,16 +421,29 @@ def summarize(
     item_ids: Iterable[str] | None = None,
     image_items: Iterable[str] | None = None,
     ratios: Sequence[float] = DEFAULT_RATIOS,
+    unit: str | None = None,
 ) -> dict[str, Any]:
     """Table-1 numbers: per-user split sizes, #user, #item, #positive, #negative, #with image.
 
     ``item`` counts the items of ``item_ids`` (the rows of ``.item``; default: the items
     of ``df``); ``with_image`` counts those in ``image_items`` (None when no images given).
+    ``unit`` (a column, e.g. MIND's impression_id; ``df`` sorted by user then time): the split
+    counts whole units per user, as the plugin's impression split (rows still reported).
     """
-    train = valid = test = 0
-    for tot in df.groupby("user_id", sort=False).size().tolist():
-        c = split_counts(int(tot), ratios)
-        train, valid, test = train + c[0], valid + c[1], test + c[2]
+    if unit:
+        firsts = df.drop_duplicates(["user_id", unit])
+        position = firsts.groupby("user_id", sort=False).cumcount().to_numpy()
+        total = firsts.groupby("user_id", sort=False)[unit].transform("size").to_numpy()
+        cuts = {t: np.cumsum(split_counts(int(t), ratios)) for t in np.unique(total)}
+        part = np.array([np.searchsorted(cuts[t], p, side="right") for p, t in zip(position, total)], dtype=int)
+        rows = df.groupby(["user_id", unit], sort=False).size().reindex(
+            pd.MultiIndex.from_frame(firsts[["user_id", unit]])).to_numpy()
+        train, valid, test = (int(rows[part == k].sum()) for k in range(3))
+    else:
+        train = valid = test = 0
+        for tot in df.groupby("user_id", sort=False).size().tolist():
+            c = split_counts(int(tot), ratios)
+            train, valid, test = train + c[0], valid + c[1], test + c[2]
     items = set(df["item_id"]) if item_ids is None else set(item_ids)
     pos = int((df["label"] == 1).sum())
     return {
@@ -512,7 +527,8 @@ def write_dataset(
 ) -> Path:
     """Write ``<name>.inter``, ``<name>.item``, ``<name>.text`` and ``summary.json`` atomically.
 
-    ``inter`` has :data:`INTER_COLUMNS` (sorted by user then time); ``text`` has one row
+    ``inter`` has :data:`INTER_COLUMNS` (sorted by user then time) and optionally those of
+    :data:`EXTRA_INTER_COLUMNS`; ``text`` has one row
     per item of ``.item`` with at least ``item_id`` and ``title`` (``description`` and any
     extra text columns optional). Returns the output directory.
     """
@@ -523,16 +539,19 @@ def write_dataset(
         text["description"] = ""
     columns = list(TEXT_BASE_COLUMNS) + [c for c in text.columns if c not in TEXT_BASE_COLUMNS]
     text = text[columns].sort_values("item_id", kind="mergesort")
+    extra = [c for c in EXTRA_INTER_COLUMNS if c in inter.columns]
+    header = "\t".join([INTER_HEADER] + [f"{c}:{EXTRA_INTER_COLUMNS[c]}" for c in extra])
     with atomic_output_dir(out) as tmp:
         _write_lines(
             tmp / f"{name}.inter",
-            INTER_HEADER,
+            header,
             zip(
                 inter["user_id"].astype(str).tolist(),
                 inter["item_id"].astype(str).tolist(),
                 [str(int(v)) for v in inter["label"].tolist()],
                 _format_number(inter["timestamp"].to_numpy()),
                 inter["history"].astype(str).tolist(),
+                *(inter[c].astype(str).tolist() for c in extra),
             ),
         )
         _write_lines(tmp / f"{name}.item", ITEM_HEADER, ((i,) for i in text["item_id"].tolist()))
@@ -570,7 +589,9 @@ def finalize_dataset(
 ) -> dict[str, Any]:
     """Filter, build history, summarise and write one dataset; returns the summary.
 
-    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds).
+    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds), optionally
+    :data:`EXTRA_INTER_COLUMNS` (e.g. MIND's impression_id), carried through to ``.inter``.
+    ``summary["target_in_history"]`` counts rows whose own item is in their history (kept).
     ``items``: item metadata, columns item_id, title (+ extra text columns); items absent
     from it are handled by ``missing_meta`` ('keep': empty title, 'drop': rows removed),
     for interaction rows and for ``prior_history`` items alike.
@@ -578,7 +599,7 @@ def finalize_dataset(
     ``require_image``: drop rows whose item is not in ``image_items`` (counted).
     """
     report = report or ConversionReport()
-    inter = inter[["user_id", "item_id", "label", "timestamp"]].copy()
+    inter = inter[["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]].copy()
     inter["user_id"] = inter["user_id"].astype(str)
     inter["item_id"] = inter["item_id"].astype(str)
     inter["label"] = inter["label"].astype(np.int64)
@@ -642,9 +663,12 @@ def finalize_dataset(
         text = pd.concat([text, filler], ignore_index=True)
     text = text.fillna("")
 
-    summary = summarize(inter, text["item_id"], image_items)
+    summary = summarize(inter, text["item_id"], image_items, unit="impression_id" if "impression_id" in inter else None)
     summary["item_in_inter"] = int(inter["item_id"].nunique())
     summary["rows"] = int(len(inter))
+    summary["target_in_history"] = int(sum(
+        item in hist.split(" ") for item, hist in zip(inter["item_id"].tolist(), inter["history"].tolist()) if hist
+    ))
     summary["max_history"] = int(max_history)
     summary.update(report.to_dict())
     summary["options"] = {

@@ -3,10 +3,19 @@
 Raw folder(s): ``behaviors.tsv`` (impression_id, user_id, time ``11/15/2019 8:55:22 AM``,
 history (space separated news ids, may be empty), impressions ``N1-1 N2-0``) and
 ``news.tsv`` (news_id, category, subcategory, title, abstract, url, title_entities,
-abstract_entities). One row per impression item, label = click. History = the user's
+abstract_entities). One row per impression item, label = click, with the impression's id in
+``impression_id`` (the raw id; ``<k>_<id>`` for the k-th of several ``--raw`` folders, whose ids
+restart), so the split keeps impressions whole and the metrics group by it. History = the user's
 clicks strictly earlier; the behaviors history column (taken from the user's earliest
 impression) counts as clicks earlier than any impression. Several ``--raw`` folders
-(e.g. MINDsmall_train MINDsmall_dev) are merged.
+(e.g. MINDsmall_train MINDsmall_dev) are merged. A row whose own news id is in its history is
+kept (MIND shows clicked news again; counted as ``target_in_history`` in summary.json).
+
+Bad lines are skipped and counted per file and reason (the first few logged with file, line and
+field): wrong field count, a missing or unreadable time, a user id that is not ``U<digits>``
+(MIND's form; ``U?`` placeholders would merge unrelated users), an impression token without its
+``-0``/``-1`` click label, a duplicate impression id. A file without a usable line stops the
+conversion with one line naming it.
 
     python -m dataset_converters.mind --raw DIR [DIR ...] --output_dir dataset/mind [--images DIR]
 """
@@ -17,6 +26,7 @@ import argparse
 import calendar
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -41,6 +51,7 @@ from dataset_converters.core import (
 logger = logging.getLogger("dataset_converters.mind")
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+USER_ID = re.compile(r"U\d+")
 
 
 def parse_time(value: str) -> float | None:
@@ -50,6 +61,16 @@ def parse_time(value: str) -> float | None:
     except ValueError:
         return None
     return float(calendar.timegm(dt.timetuple()))
+
+
+def _require_rows(path: Path, usable: int, what: str, report: ConversionReport) -> None:
+    """A file without one usable line stops the conversion (one line naming the file and why)."""
+    if usable:
+        return
+    if not path.read_bytes().strip():
+        raise ValueError(f"{path}: empty file, expected {what}")
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report.malformed.get(path.name, {}).items())
+    raise ValueError(f"{path}: no usable line ({reasons or 'all blank'}), expected {what}")
 
 
 def load_news(paths: Sequence[Path], report: ConversionReport) -> pd.DataFrame:
@@ -78,17 +99,19 @@ def load_news(paths: Sequence[Path], report: ConversionReport) -> pd.DataFrame:
                 report.bad(path, line_no, "empty title", line)
                 continue
             news.setdefault(news_id, (title, abstract))
+        _require_rows(path, len(in_file), "news rows of 8 tab-separated fields", report)
     return pd.DataFrame([(k, *v) for k, v in news.items()], columns=["item_id", "title", "abstract"])
 
 
 def load_behaviors(paths: Sequence[Path], report: ConversionReport) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Impression rows (user_id, item_id, label, timestamp) and each user's prior history."""
+    """Impression rows (user_id, item_id, label, timestamp, impression_id) and each user's prior history."""
     users: list[str] = []
     items: list[str] = []
     labels: list[int] = []
     stamps: list[float] = []
+    impressions: list[str] = []
     prior: dict[str, tuple[float, list[str]]] = {}
-    for path in paths:
+    for k, path in enumerate(paths):
         seen_impressions: set[str] = set()
         for line_no, line in iter_lines(path, report):
             if not line.strip():
@@ -98,15 +121,18 @@ def load_behaviors(paths: Sequence[Path], report: ConversionReport) -> tuple[pd.
                 report.bad(path, line_no, f"expected 5 fields, got {len(fields)}", line)
                 continue
             imp_id, user, time_s, history_s, impressions_s = (f.strip() for f in fields)
-            if not valid_token(user):
-                report.bad(path, line_no, "invalid user id", line)
+            if not valid_token(imp_id):
+                report.bad(path, line_no, "impression id: missing or invalid", line)
+                continue
+            if not USER_ID.fullmatch(user):
+                report.bad(path, line_no, "user id: not U<digits>", line)
                 continue
             if imp_id in seen_impressions:
                 report.bad(path, line_no, "duplicate impression id", line)
                 continue
             ts = parse_time(time_s)
             if ts is None:
-                report.bad(path, line_no, "invalid time", line)
+                report.bad(path, line_no, "missing time" if not time_s else "invalid time", line)
                 continue
             history = history_s.split()
             if not all(valid_token(h) for h in history):
@@ -124,18 +150,23 @@ def load_behaviors(paths: Sequence[Path], report: ConversionReport) -> tuple[pd.
                     break
                 parsed.append((news_id, int(click)))
             if parsed is None:
-                reason = "impressions without click labels" if "-" not in impressions_s else "malformed impression"
+                reason = ("impressions without click labels" if "-" not in impressions_s
+                          else "impressions: a token without -0/-1 click label")
                 report.bad(path, line_no, reason, line)
                 continue
             seen_impressions.add(imp_id)
             if user not in prior or ts < prior[user][0]:
                 prior[user] = (ts, history)
+            impression = imp_id if len(paths) == 1 else f"{k}_{imp_id}"
             for news_id, click in parsed:
                 users.append(user)
                 items.append(news_id)
                 labels.append(click)
                 stamps.append(ts)
-    inter = pd.DataFrame({"user_id": users, "item_id": items, "label": labels, "timestamp": stamps})
+                impressions.append(impression)
+        _require_rows(path, len(seen_impressions), "impression lines of 5 tab-separated fields", report)
+    inter = pd.DataFrame({"user_id": users, "item_id": items, "label": labels, "timestamp": stamps,
+                          "impression_id": impressions})
     return inter, {u: h for u, (_, h) in prior.items()}
 
 
@@ -176,7 +207,7 @@ def build_mind(
         n_items=sample_items,
         seed=seed,
         missing_meta=missing_meta,
-        dedupe_keys=("user_id", "item_id", "timestamp"),
+        dedupe_keys=("impression_id", "item_id"),
         prior_history=prior,
         image_items=image_items,
         require_image=require_image,

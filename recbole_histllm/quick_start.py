@@ -27,6 +27,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_histllm import distributed
 from recbole_histllm.config import Config
 from recbole_histllm.config_schema import check_config
+from recbole_histllm.split import impression_field
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer, run_command, wants_debug
 
 USAGE = (
@@ -127,16 +128,20 @@ def code_version() -> dict[str, Any]:
 
 
 def write_predictions(path: Path, dataset, data_struct) -> int:
-    """Write ``user_id,item_id,label,score`` (raw ids) for every scored row; return the count."""
+    """Write ``user_id,item_id,label,score`` (raw ids; then ``impression_id`` on datasets with an
+    ``IMPRESSION_FIELD``) for every scored row; return the count."""
     users = dataset.id2token(dataset.uid_field, data_struct["data.user"].numpy())
     items = dataset.id2token(dataset.iid_field, data_struct["data.item"].numpy())
     labels = data_struct["data.label"].squeeze(-1).numpy()
     scores = data_struct["rec.score"].squeeze(-1).numpy()
+    impression = impression_field(dataset.config)
+    extra = [dataset.id2token(impression, data_struct["data.impression"].numpy())] \
+        if impression and "data.impression" in data_struct else []
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["user_id", "item_id", "label", "score"])
-        for row in zip(users, items, labels, scores):
-            writer.writerow([row[0], row[1], f"{row[2]:g}", repr(float(row[3]))])
+        writer.writerow(["user_id", "item_id", "label", "score"] + (["impression_id"] if extra else []))
+        for row in zip(users, items, labels, scores, *extra):
+            writer.writerow([row[0], row[1], f"{row[2]:g}", repr(float(row[3])), *row[4:]])
     return len(scores)
 
 

@@ -55,7 +55,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from recbole_histllm.config_schema import check_values
-from recbole_histllm.evaluator import user_auc
+from recbole_histllm.evaluator import impression_metrics, user_auc
 from recbole_histllm.utils import UsageError
 
 #: Named rows: label -> (model, overrides). HistLLM(Transformer) is the paper's reference row.
@@ -82,6 +82,8 @@ DEFAULT_ROWS = {
     "backbone": "TALLRec-image,CoLLM-image,BinLLM-image,HistLLM",
     "history": "TALLRec,TALLRec_desc,TALLRec-image,HistLLM",
 }
+#: MIND's impression metrics (columns of a table whose runs' predictions carry ``impression_id``).
+IMPRESSION_METRICS = {"imp_auc": "Imp. AUC", "imp_mrr": "MRR", "imp_ndcg@5": "nDCG@5", "imp_ndcg@10": "nDCG@10"}
 #: Config keys that do not change what a run computes (reuse ignores them).
 VOLATILE_KEYS = {"checkpoint_dir", "show_progress", "test_rows", "eval_batch_size", "data_path", "gpu_id",
                  "use_gpu", "device", "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port",
@@ -334,6 +336,9 @@ def _matches(result_file: Path, expected: dict[str, Any], test_rows: Any) -> boo
         elif recorded[k] != v if k in recorded else v not in (None, False):
             return False
     done = recorded.get("test_rows")
+    if done is not None and result.get("test_rows") is not None and \
+            result.get("test_rows") == result.get("test_rows_in_split"):
+        done = None  # a subset asked of a split no larger than it (MIND's 210 test rows): the whole split
     # a whole-split run serves any subset; subsets are nested (one seeded user order), so does a larger one
     return done is None or (test_rows is not None and int(done) >= int(test_rows))
 
@@ -377,8 +382,8 @@ def read_predictions(run: Path) -> pd.DataFrame:
     path = predictions_file(run)
     if path is None:
         raise FileNotFoundError(f"{run}: no {' or '.join(PREDICTIONS)}")
-    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str})  # gzip read by the suffix
-    return frame.set_index(["user_id", "item_id"])
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "impression_id": str})  # gzip: by the suffix
+    return frame.set_index(["user_id", "item_id", *(["impression_id"] if "impression_id" in frame else [])])
 
 
 def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str, extra: dict[str, Any],
@@ -409,10 +414,16 @@ def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str
 
 
 def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
+    """AUC and UAUC; with an ``impression_id`` column (MIND) also MIND's impression metrics
+    (:data:`IMPRESSION_METRICS`)."""
     labels = frame["label"].to_numpy() > 0.5
     auc = float(roc_auc_score(labels, frame["score"])) if 0 < labels.sum() < len(labels) else math.nan
     users = frame.index.get_level_values("user_id").to_numpy()
-    return {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
+    result = {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
+    if "impression_id" in frame.index.names:
+        groups = frame.index.get_level_values("impression_id").to_numpy()
+        result.update(impression_metrics(groups, frame["score"].to_numpy(), labels, (5, 10))[0])
+    return result
 
 
 def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
@@ -450,7 +461,7 @@ def summarise(rows: list[Row], seeds: list[int], scores: dict[tuple[int, int], d
         per_seed = [scores[(i, s)] for s in seeds if (i, s) in scores]
         record = {"group": group_of(row.model), "column": row.column, "label": row.label, "model": row.model,
                   "overrides": json.dumps(row.overrides, sort_keys=True), "seeds": len(per_seed)}
-        for metric in ("auc", "uauc"):
+        for metric in ("auc", "uauc", *(m for m in IMPRESSION_METRICS if per_seed and m in per_seed[0])):
             values = np.array([s[metric] for s in per_seed], dtype=float)
             record[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             record[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
@@ -485,7 +496,8 @@ def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) ->
     with_groups = kind == "main"
     lead = ["Group", "Method"] if with_groups else (["Backbone", "Method"] if kind == "backbone" else
                                                      ["n", "Method"] if kind == "history" else ["Method"])
-    header = lead + ["AUC", "UAUC"] + (["Rel. Imp."] if with_groups else [])
+    extra = [m for m in IMPRESSION_METRICS if f"{m}_mean" in table]  # MIND's impression metrics, after Rel. Imp.
+    header = lead + ["AUC", "UAUC"] + (["Rel. Imp."] if with_groups else []) + [IMPRESSION_METRICS[m] for m in extra]
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     blocks = [table] if kind in ("main", "ablation") else [g for _, g in table.groupby("column", sort=False)]
     for block in blocks:
@@ -503,6 +515,7 @@ def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) ->
             cells += [label, _cell(r.auc_mean, r.auc_std, auc_rank[j]), _cell(r.uauc_mean, r.uauc_std, uauc_rank[j])]
             if with_groups:
                 cells.append("-" if math.isnan(r.rel_imp) else f"{100 * r.rel_imp:.1f}%")
+            cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], _ranks(block[f"{m}_mean"])[j]) for m in extra]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ MODELS = ("HistLLM", "BinLLM", "ZeroShot", "TALLRec", "MF", "HashMF", "LGMRec", 
 UNCHECKED = {"field_separator", "seq_separator", "USER_ID_FIELD", "ITEM_ID_FIELD", "LABEL_FIELD", "TIME_FIELD",
              "RATING_FIELD", "threshold", "load_col", "alias_of_item_id", "normalize_all",
              "filter_inter_by_user_or_item", "eval_args", "train_neg_sample_args", "metrics", "valid_metric",
-             "HISTORY_FIELD"}
+             "HISTORY_FIELD", "topk"}  # topk: RecBole's Config checks it itself (one line, exit 2)
 
 
 @functools.cache

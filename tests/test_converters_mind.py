@@ -110,3 +110,67 @@ def test_mind_cli_images(tmp_path, capsys):
     s = mind.main(["--raw", str(raw), "--out", str(tmp_path / "news"), "--images", str(images)])
     assert s["with_image"] == 2
     assert "#With image" in capsys.readouterr().out
+
+
+def test_mind_impression_column_and_target_in_history(converted, tmp_path):
+    out, s = converted
+    inter = read_inter(out / "mind.inter")
+    assert (out / "mind.inter").read_text().splitlines()[0].endswith("\timpression_id:token")
+    assert inter.groupby("impression_id")["user_id"].nunique().max() == 1
+    assert inter[inter.user_id == "U1"]["impression_id"].tolist() == ["1", "1", "3", "3", "3", "5"]
+    # U1 clicked N3 (impression 1) and N5 (impression 3) and is shown them again later: kept and counted
+    assert s["target_in_history"] == 2
+    # Table-1 split counts by whole impressions, as the plugin splits: U1 has impressions of 2, 3, 1 rows
+    # (1 / 1 / 1 impressions), U2 of 2, 2 rows (1 / 0 / 1)
+    assert (s["train"], s["valid"], s["test"]) == (2 + 2, 3, 1 + 2)
+    second = tmp_path / "dev"
+    second.mkdir()
+    (second / "news.tsv").write_text(_news("N8", "Eight", "") + "\n", encoding="utf-8")
+    (second / "behaviors.tsv").write_text("1\tU2\t11/20/2019 9:00:00 AM\tN5\tN8-1 N3-0\n", encoding="utf-8")
+    mind.build_mind([tmp_path / "raw", second], tmp_path / "merged")
+    merged = read_inter(tmp_path / "merged" / "merged.inter")
+    assert {"0_1", "1_1"} <= set(merged["impression_id"])  # ids restart per folder: prefixed by its index
+
+
+BAD_LINES = {
+    "missing time": "7\tU3\t\tN1\tN2-1 N3-0",
+    "user id: not U<digits>": "8\tU?\t11/15/2019 8:55:22 AM\tN1\tN2-1 N3-0",
+    "impressions: a token without -0/-1 click label": "9\tU3\t11/15/2019 8:55:22 AM\tN1\tN2-1 N3 N4-0",
+}
+
+
+def test_mind_bad_behaviors_lines_are_counted_skips(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    news = [_news("N1", "One", "a"), _news("N2", "Two", "b"), _news("N3", "Three", "c"), "N4\tnews",
+            "N5"]  # two rows with fewer columns
+    (raw / "news.tsv").write_text("\n".join(news) + "\n", encoding="utf-8")
+    good = "1\tU1\t11/11/2019 9:05:58 AM\tN1\tN2-1 N3-0"
+    (raw / "behaviors.tsv").write_text("\n".join([good, *BAD_LINES.values()]) + "\n", encoding="utf-8")
+    s = mind.build_mind(raw, tmp_path / "mind")
+    assert s["malformed"]["behaviors.tsv"] == dict.fromkeys(BAD_LINES, 1)
+    assert s["malformed"]["news.tsv"] == {"expected 8 fields, got 2": 1, "expected 8 fields, got 1": 1}
+    assert s["rows"] == 2 and s["malformed_total"] == 5
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("behaviors.tsv:2: missing time") for m in logged)  # file, line, field
+    assert any(m.startswith("behaviors.tsv:3: user id") for m in logged)
+
+
+@pytest.mark.parametrize("broken", ["behaviors.tsv", "news.tsv"])
+def test_mind_empty_or_unusable_file_is_one_line_error(tmp_path, capsys, broken):
+    from dataset_converters.cli import run_main
+
+    raw = make_raw(tmp_path)
+    (raw / broken).write_text("")
+    assert run_main(mind.main, ["--raw", str(raw), "--out", str(tmp_path / "mind")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {raw / broken}: empty file, expected "
+                   + ("impression lines of 5 tab-separated fields" if broken == "behaviors.tsv"
+                      else "news rows of 8 tab-separated fields")]
+    (raw / "behaviors.tsv").write_text(BAD_LINES["missing time"] + "\n")
+    (raw / "news.tsv").write_text(_news("N1", "One", "a") + "\n")
+    assert run_main(mind.main, ["--raw", str(raw), "--out", str(tmp_path / "mind")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {raw / 'behaviors.tsv'}: no usable line (1 missing time), expected impression lines of 5 "
+        "tab-separated fields")
+    assert not (tmp_path / "mind").exists()

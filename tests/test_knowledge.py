@@ -121,3 +121,41 @@ def test_llm_describer_with_tiny_model(tmp_path):
     assert stats["generated"] == 5
     for row in _cells(p)[1:]:
         assert row[2].strip() and "\n" not in row[2]
+
+
+def test_news_descriptions_default_to_the_abstract(tmp_path):
+    """MIND (news): no --source copies the abstract; --source=llm generates; movies still generate."""
+    d = tmp_path / "mind"
+    d.mkdir()
+    p = d / "mind.text"
+    p.write_text("item_id\ttitle\tdescription\tabstract\nN1\tStocks rise\t\tMarkets rallied today. More.\n"
+                 "N2\tRain ahead\t\t\n", encoding="utf-8")
+    calls: list[list[str]] = []
+
+    def generator(titles):
+        calls.append(list(titles))
+        return ["A generated description of this news headline for the test."] * len(titles)
+
+    stats = ke.main(["--dataset=mind", f"--data_path={tmp_path}"], generator=generator)
+    assert stats == {"copied": 1, "skipped_filled": 0, "empty_source": 1} and calls == []
+    assert _cells(p)[1][2] == "Markets rallied today. More."
+    ke.main(["--dataset=mind", f"--data_path={tmp_path}", "--source=llm"], generator=generator)
+    assert calls == [["Rain ahead"]]  # only the empty description is generated
+    assert ke.default_source(_write(tmp_path), "movie") == "llm"
+
+
+def test_news_prompts_change_only_the_domain_words_of_the_papers_prompts():
+    """The appendix gives movie prompts only; the news wording swaps the domain words and keeps the rest."""
+    from recbole_histllm.llm import templates as t
+
+    movie = [t.TALLREC, t.TALLREC_IMAGE, t.TALLREC_DESC, t.COLLM, t.COLLM_IMAGE, t.BINLLM, t.BINLLM_IMAGE]
+    movie += [t.histllm_template(h, v, c) for h in (True, False) for v in (True, False) for c in (True, False)]
+    for template in movie:
+        news = t.for_domain(template, "news")
+        assert "movie" not in news.instruction and "high ratings" not in news.instruction
+        assert "A user has clicked the following news articles:" in news.instruction
+        assert "click the news article" in news.instruction and news.slots == template.slots
+        back = news.instruction.replace("has clicked the following news articles",
+                                        "has given high ratings to the following movies")
+        assert back.replace("click the news article", "enjoy the movie") == template.instruction
+    assert "news description for the headline" in ke.KE_PROMPTS["news"]

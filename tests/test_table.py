@@ -101,6 +101,10 @@ def test_reuse_matches_configs_and_tolerates_keys_added_later(tmp_path):
     assert not tbl._matches(result, {"model": "MF", "learning_rate": 0.01}, 3000)
     assert tbl._matches(result, {"model": "MF", "load_in_4bit": False, "ddp_backend": None}, 3000)
     assert not tbl._matches(result, {"model": "MF", "load_in_4bit": True}, 3000)
+    # the LLM profile's test_rows=3000 on a 210-row test split scored the whole split: serves a whole-split table
+    small = tmp_path / "small.json"
+    small.write_text('{"config": {"model": "MF", "test_rows": 3000}, "test_rows": 210, "test_rows_in_split": 210}')
+    assert tbl._matches(small, {"model": "MF"}, None)
 
 
 def test_reuse_only_builds_from_finished_runs_and_marks_missing_seeds(tiny_root, tmp_path, monkeypatch, capsys):
@@ -321,3 +325,30 @@ def test_code_versions_of_a_tables_runs(tmp_path):
     here = code_version()
     in_checkout = (Path(__file__).resolve().parent.parent / ".git").exists()
     assert (len(here["commit"] or "") == 40) == in_checkout and here["package"]
+
+
+def test_mind_runs_get_the_impression_metrics_recomputed_and_rendered(tmp_path):
+    """Predictions with an impression_id column (MIND): MIND's metrics per run, columns in the table."""
+    import numpy as np
+
+    from recbole_histllm.evaluator import impression_metrics
+
+    rng = np.random.default_rng(1)
+    runs, frames = {}, {}
+    for i in range(2):
+        rows = [(f"U{u}", f"N{k}", int(rng.random() < 0.3), float(rng.random()), f"{u}-{j}")
+                for u in range(12) for j in range(2) for k in range(5 * j, 5 * j + 5)]
+        frames[i] = pd.DataFrame(rows, columns=["user_id", "item_id", "label", "score", "impression_id"])
+        run = tmp_path / f"r{i}" / "seed2020"
+        run.mkdir(parents=True)
+        frames[i].to_csv(run / "test_predictions.csv", index=False)
+        runs[(i, 2020)] = run
+    scores, _, _ = tbl.score_runs(runs)
+    f = frames[1]
+    expected = impression_metrics(f.impression_id.to_numpy(), f.score.to_numpy(), f.label.to_numpy(), (5, 10))[0]
+    assert {k: scores[(1, 2020)][k] for k in expected} == pytest.approx(expected, abs=1e-12)
+    rows = tbl.parse_rows("MF,HistLLM")
+    table = tbl.add_relative_improvement(tbl.summarise(rows, [2020], scores), "HistLLM")
+    text = tbl.to_markdown(table, "main", "caption")
+    assert "| Group | Method | AUC | UAUC | Rel. Imp. | Imp. AUC | MRR | nDCG@5 | nDCG@10 |" in text
+    assert f"{scores[(0, 2020)]['imp_mrr']:.4f}" in text.splitlines()[4]

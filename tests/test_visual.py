@@ -222,3 +222,24 @@ def test_dino_style_checkpoint_unwrapped(tmp_path, weights):
     assert encoder.dim == DIM
     for key, value in encoder.model.state_dict().items():
         assert torch.equal(value, state[key])
+
+
+def test_mind_news_images_named_by_news_id(tmp_path, weights):
+    """IM-MIND style ``<news_id>.jpg``: the converter counts them, the feature tool fills ``mind.item``."""
+    from test_converters_mind import make_raw
+
+    from dataset_converters import mind
+
+    images = tmp_path / "news_images"
+    images.mkdir()
+    for nid, color in (("N3", (200, 30, 30)), ("N5", (30, 30, 200))):
+        Image.fromarray(np.full((40, 40, 3), color, dtype=np.uint8)).save(images / f"{nid}.jpg")
+    summary = mind.build_mind(make_raw(tmp_path), tmp_path / "data" / "mind", images)
+    assert summary["with_image"] == 2 and summary["images_found"] == 2
+    result = visual.extract_visual_features("mind", images, data_path=tmp_path / "data", backbone=TINY,
+                                            weights=weights, batch_size=2, device="cpu", progress=False)
+    assert result.with_image == 2
+    header, rows = _read(tmp_path / "data" / "mind" / "mind.item")
+    flag = header.index("has_image:float")
+    assert {item for item, row in rows.items() if row[flag] == "1"} == {"N3", "N5"}
+    assert len(rows["N3"][header.index("image:float_seq")].split()) == DIM

@@ -3,7 +3,8 @@
 UAUC = plain mean over users of the AUC computed on that user's rows; users whose rows
 all carry one label are skipped (their AUC is undefined). RecBole's collector does not
 pass user ids to metrics, so :func:`patch_collector` makes it collect ``data.user`` and
-``data.item`` whenever scores are collected, and clears them after each evaluation.
+``data.item`` (and ``data.impression`` when the dataset has an ``IMPRESSION_FIELD``) whenever scores
+are collected, and clears them after each evaluation.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from recbole.evaluator.base_metric import AbstractMetric
 from recbole.evaluator.collector import Collector
 from recbole.utils import EvaluatorType
 
+from recbole_histllm.split import impression_field
+
 logger = logging.getLogger(__name__)
 
 # Collector keys this plugin adds; cleared after every evaluation like RecBole's own.
-EXTRA_KEYS = ("data.user", "data.item")
+EXTRA_KEYS = ("data.user", "data.item", "data.impression")
 
 
 def user_auc(
@@ -102,8 +105,11 @@ def patch_collector() -> None:
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         batch_collect(self, scores_tensor, interaction, positive_u, positive_i)
         if self.register.need("rec.score"):
-            for key, field in zip(EXTRA_KEYS, ("USER_ID_FIELD", "ITEM_ID_FIELD")):
-                self.data_struct.update_tensor(key, interaction[self.config[field]].to(self.device))
+            fields = (self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"],
+                      impression_field(self.config, interaction.columns))
+            for key, field in zip(EXTRA_KEYS, fields):
+                if field is not None:
+                    self.data_struct.update_tensor(key, interaction[field].to(self.device))
 
     data_struct = Collector.get_data_struct
 

@@ -2,7 +2,7 @@
 
     python -m recbole_histllm.features.knowledge --dataset=movie [--data_path=dataset] [--llm=PATH]
         [--batch_size 16] [--max_new_tokens 40] [--domain movie|news] [--limit N]
-        [--source overview|abstract]
+        [--source overview|abstract|llm]
 
 Reads ``<data_path>/<dataset>/<dataset>.text`` (TSV: ``item_id  title  description`` + optional
 columns), fills every EMPTY ``description`` and writes the file back with all other columns
@@ -10,7 +10,9 @@ untouched. Generation is batched greedy decoding with left padding (the paper's 
 prompt, or a news variant for MIND). The file is rewritten atomically after every
 ``--flush_every`` batches, so a killed run resumes where it stopped (filled rows are skipped).
 ``--source=overview|abstract`` copies the first sentence(s) (<= ~40 words) of an existing column
-instead of generating.
+instead of generating; on news (``--domain``, inferred from the dataset name: MIND) it defaults to
+``abstract`` when the side file has that column (MIND's own summary of the article, written by its
+editors, where an LLM could only guess from the headline); ``--source=llm`` generates anyway.
 """
 
 from __future__ import annotations
@@ -310,6 +312,11 @@ def copy_source_column(
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
+def default_source(path: str | os.PathLike, domain: str) -> str:
+    """``abstract`` for news whose side file has an abstract column (MIND), else ``llm`` (generate)."""
+    return "abstract" if domain == "news" and "abstract" in read_text_table(path).header else "llm"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m recbole_histllm.features.knowledge", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True)
@@ -319,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int_at_least(1), default=16)
     p.add_argument("--max_new_tokens", type=int_at_least(1), default=40)
     p.add_argument("--max_words", type=int_at_least(1), default=40)
-    p.add_argument("--source", choices=["overview", "abstract"], default=None)
+    p.add_argument("--source", choices=["overview", "abstract", "llm"], default=None,
+                   help="copy a column instead of generating (default: abstract on news when present, else llm)")
     p.add_argument("--domain", choices=["movie", "news"], default=None, help="default: inferred from --dataset")
     p.add_argument("--limit", type=int_at_least(1), default=None, help="process at most N items (smoke runs, timing)")
     p.add_argument("--flush_every", type=int_at_least(1), default=1, help="rewrite the file every N batches")
@@ -339,9 +347,10 @@ def main(argv: Sequence[str] | None = None, generator: Generator | None = None) 
     path = Path(args.data_path) / args.dataset / f"{args.dataset}.text"
     if not path.is_file():
         raise UsageError(f"no side file {path} (run the dataset converter first)")
-    if args.source:
-        stats = copy_source_column(path, args.source, max_words=args.max_words, limit=args.limit)
-        logger.info("descriptions from column %r: %s", args.source, stats)
+    source = args.source or default_source(path, args.domain or infer_domain(args.dataset))
+    if source != "llm":
+        stats = copy_source_column(path, source, max_words=args.max_words, limit=args.limit)
+        logger.info("descriptions from column %r: %s", source, stats)
         return stats
     if generator is None:
         table = read_text_table(path)

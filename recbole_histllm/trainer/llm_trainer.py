@@ -45,6 +45,7 @@ from tqdm import tqdm
 from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.model.llm_recommender import LORA
+from recbole_histllm.split import impression_field
 from recbole_histllm.utils import UsageError
 
 BUCKET_BATCHES = 50  # length_buckets: batches per chunk of the epoch's random order sorted by prompt length
@@ -164,6 +165,8 @@ class LLMTrainer(Trainer):
             rows = rows[by_length]
         size = int(self.config["eval_batch_size"])
         fields = {"label": "LABEL_FIELD", "user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
+        if impression_field(self.config, dataset.inter_feat.columns):
+            fields["impression"] = "IMPRESSION_FIELD"  # the impression metrics group by it
         out: dict[str, list[np.ndarray]] = {"score": [], **{key: [] for key in fields}}
         batches = range(0, len(rows), size)
         for start in tqdm(batches, desc=desc, ncols=100, disable=not self.config["show_progress"]):
@@ -442,8 +445,10 @@ class LLMTrainer(Trainer):
             self.model.load_checkpoint_state(checkpoint["state_dict"])
         dataset = eval_data._dataset
         out = self.score_rows(dataset, np.arange(len(dataset)), desc="evaluate")
-        fields = {"LABEL_FIELD": "label", "USER_ID_FIELD": "user", "ITEM_ID_FIELD": "item"}
-        rows = Interaction({self.config[name]: torch.from_numpy(out[key]) for name, key in fields.items()})
+        fields = {"LABEL_FIELD": "label", "USER_ID_FIELD": "user", "ITEM_ID_FIELD": "item",
+                  "IMPRESSION_FIELD": "impression"}
+        rows = Interaction({self.config[name]: torch.from_numpy(out[key])
+                            for name, key in fields.items() if key in out})
         self.eval_collector.eval_batch_collect(torch.from_numpy(out["score"]), rows, None, None)
         self.eval_collector.model_collect(self.model)
         result = self.evaluator.evaluate(self.eval_collector.get_data_struct())
