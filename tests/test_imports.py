@@ -16,7 +16,7 @@ PACKAGES = ("recbole_histllm", "dataset_converters")
 #: names a module's layer; a module matching none is an experiment (top layer).
 LAYERS = {
     "dataset_converters": 0, "recbole_histllm.compat": 0, "recbole_histllm.utils": 0,
-    "recbole_histllm.evaluator": 0, "recbole_histllm.distributed": 0,
+    "recbole_histllm.evaluator": 0, "recbole_histllm.distributed": 0, "recbole_histllm.split": 0,
     "recbole_histllm.llm": 1,
     "recbole_histllm.features": 2,
     "recbole_histllm.model": 3,
