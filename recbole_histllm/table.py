@@ -3,7 +3,7 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
     python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--output_dir=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--reuse_only] [--export_runs=DIR] [--any_config_key=value ...]
+        [--dry_run] [--reuse_only] [--export_runs=DIR] [--cold_buckets=0,5,20] [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
@@ -32,7 +32,8 @@ evaluator) on the rows that every run of the table scored, so runs tested on a `
 and runs tested on the whole split compare on the same rows. Outputs: ``table_<kind>.md`` (paper
 layout: mean ± std over seeds, best bold, second underlined, HistLLM's relative improvement
 averaged over AUC and UAUC as the paper's "Rel. Imp.") and ``table_<kind>.csv``; the history table
-also writes ``history.png`` (test AUC against n).
+also writes ``history.png`` (test AUC against n). ``table_<kind>_cold.md`` / ``.csv``: the same runs' AUC / UAUC
+per item-frequency bucket (items by their train rows; ``--cold_buckets=0,5,20``, :mod:`recbole_histllm.cold_start`).
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
     labels = frame["label"].to_numpy() > 0.5
     auc = float(roc_auc_score(labels, frame["score"])) if 0 < labels.sum() < len(labels) else math.nan
     users = frame.index.get_level_values("user_id").to_numpy()
-    return {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
+    uauc, counted, _ = user_auc(users, frame["score"].to_numpy(), labels)
+    return {"auc": auc, "uauc": uauc, "uauc_users": counted}
 
 
 def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
@@ -428,15 +430,21 @@ def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
     return counts
 
 
+def common_rows(frames: dict[tuple[int, int], pd.DataFrame]) -> dict[int, pd.Index]:
+    """Per seed, the (user_id, item_id) rows that every run of that seed scored."""
+    common: dict[int, pd.Index] = {}
+    for (_, seed), frame in frames.items():
+        common[seed] = frame.index if seed not in common else common[seed].intersection(frame.index)
+    return common
+
+
 def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int], dict[str, float]], str, set[int]]:
     """Metrics of every (row index, seed) run on the rows that every run OF ITS SEED scored (a
     ``test_rows`` subset is drawn per seed, so runs of one seed compare on identical rows and each
     seed stays a whole replicate); the common row count per seed (one number, or a range over seeds)
     and the sizes of the runs' own test sets (one size: all runs scored the same rows)."""
     frames = {key: read_predictions(path) for key, path in runs.items()}
-    common: dict[int, pd.Index] = {}
-    for (_, seed), frame in frames.items():
-        common[seed] = frame.index if seed not in common else common[seed].intersection(frame.index)
+    common = common_rows(frames)
     sizes = {len(f) for f in frames.values()}
     counts = sorted({len(index) for index in common.values()})
     n_common = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
@@ -557,14 +565,15 @@ def launch_sharing(row: Row, dataset: str, seed: int, extra: dict[str, Any], own
 
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
           search: list[Path], dry_run: bool = False, reuse_only: bool = False,
-          export: Path | None = None) -> pd.DataFrame | None:
+          export: Path | None = None, cold_edges: tuple[int, ...] | None = None) -> pd.DataFrame | None:
     """Find or run every (row, seed), score them on their common rows, write the table files.
 
     With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
     Missing runs are launched seed by seed, in row order, each LLM run given the finished shared stages
     (stage 0, stage 1) of any LLM run of its dataset and seed with the same stage config
     (:class:`SharedStages`): a seed's first run trains them, the later ones load them.
-    ``export``: :func:`export_runs` of every run the table used.
+    ``export``: :func:`export_runs` of every run the table used. ``cold_edges``: also the cold-start
+    breakdown (:mod:`recbole_histllm.cold_start`) with these bucket edges.
     """
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
@@ -614,6 +623,14 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
     if kind == "history":
         plot_history(table, root / "history.png", dataset)
+    if cold_edges is not None:
+        from recbole_histllm.cold_start import write_cold_table
+
+        try:  # the split is rebuilt from the dataset: without it the main table stands alone
+            write_cold_table(runs, rows, seeds, dataset, kind, root, cold_edges, extra.get("data_path"), n_common)
+        except (UsageError, OSError, ValueError) as err:
+            (root / f"table_{kind}_cold.md").unlink(missing_ok=True)
+            print(f"warning: cold-start table not written: {err}", flush=True)
     if export is not None:
         written = export_runs(runs, rows, dataset, extra, export)
         print(f"exported {len(written)} runs (result.json, test_predictions.csv.gz) to {export / dataset}",
@@ -641,6 +658,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from recbole_histllm.cold_start import parse_edges
     from recbole_histllm.quick_start import parse_args
 
     try:
@@ -665,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
         export = args.pop("export_runs", None)
+        cold_edges = parse_edges(args.pop("cold_buckets", "0,5,20"))
         if export is not None and export in ("True", "None", ""):
             raise UsageError("--export_runs needs a folder: --export_runs=DIR")
         args.pop("debug", None)
@@ -673,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:  # the values are checked here once, not by every run this table would launch
             raise UsageError("\n".join(dict.fromkeys(errors)))
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
-                      reuse_only, Path(export) if export is not None else None)
+                      reuse_only, Path(export) if export is not None else None, cold_edges)
     except (UsageError, RuntimeError) as err:
         for line in str(err).splitlines() or [""]:
             print(f"error: {line}", file=sys.stderr)
@@ -681,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     if table is not None:
         print((out / dataset / f"table_{kind}.md").read_text(encoding="utf-8"))
         print(f"written: {out / dataset / f'table_{kind}.md'} and .csv")
+        cold = out / dataset / f"table_{kind}_cold.md"
+        if cold.is_file():
+            print(cold.read_text(encoding="utf-8"))
+            print(f"written: {cold} and .csv (cold-start breakdown)")
     return 0
 
 
