@@ -124,10 +124,10 @@ def _span(values: list[int]) -> str:
 
 
 def cold_table(runs: dict[tuple[int, int], Path], rows: list[tbl.Row], seeds: list[int], edges: tuple[int, ...],
-               data_path: str | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+               data_path: str | None = None) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]]:
     """One record per (table row, bucket): mean and std over the row's seeds of each metric where it is
     defined, the seeds it is defined in, and the bucket's test rows / items / UAUC users (one number, or the
-    range over seeds); and per bucket its test rows and items over all the runs, as the markdown shows them."""
+    range over seeds); and per bucket its test rows (items) and UAUC's users over all the runs, for the markdown."""
     frames = {key: tbl.read_predictions(path) for key, path in runs.items()}
     common = tbl.common_rows(frames)
     per_run = {key: bucket_metrics(frame.loc[common[key[1]]], train_item_counts(runs[key], data_path), edges)
@@ -145,20 +145,21 @@ def cold_table(runs: dict[tuple[int, int], Path], rows: list[tbl.Row], seeds: li
                 record[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
                 record[f"{metric}_seeds"] = len(values)
             records.append(record)
-    sizes = {name: f"{_span([d[k]['rows'] for d in per_run.values()])} "
-                   f"({_span([d[k]['items'] for d in per_run.values()])} items)"
+    sizes = {name: (f"{_span([d[k]['rows'] for d in per_run.values()])} "
+                    f"({_span([d[k]['items'] for d in per_run.values()])} items)",
+                    f"{_span([d[k]['uauc_users'] for d in per_run.values()])} users")
              for k, name in enumerate(bucket_names(edges))}
     return pd.DataFrame(records), sizes
 
 
-def to_markdown(table: pd.DataFrame, sizes: dict[str, str], caption: str, seeds: int) -> str:
+def to_markdown(table: pd.DataFrame, sizes: dict[str, tuple[str, str]], caption: str, seeds: int) -> str:
     """Rows = table rows, two columns (AUC, UAUC) per bucket, best of each column bold and second underlined;
-    the first line gives each bucket's test rows (distinct items)."""
+    the first line gives each bucket's test rows (distinct items) and the users with both labels UAUC averages."""
     buckets = list(sizes)
     lead = ["", "Method"] if (table.column != "").any() else ["Method"]
     header = lead + [f"{b}: {m.upper()}" for b in buckets for m in METRICS]
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             "| " + " | ".join([""] * (len(lead) - 1) + ["test rows"] + [x for b in buckets for x in (sizes[b], "")])
+             "| " + " | ".join([""] * (len(lead) - 1) + ["test rows"] + [x for b in buckets for x in sizes[b]])
              + " |"]
     for column, block in table.groupby("column", sort=False):
         wide = {b: block[block.bucket == b].reset_index(drop=True) for b in buckets}

@@ -64,6 +64,7 @@ def test_table_writes_buckets_that_match_sklearn_on_the_runs_split(sparse_root, 
     assert cold and not cold & set(counts.index)
     text = (out / "sparse" / "table_main_cold.md").read_text()
     assert "| Method | 0: AUC | 0: UAUC | 1: AUC |" in text and f"| test rows | {int(csv.rows[0])} (" in text
+    assert f"| {int(csv.rows[3])} ({int(csv['items'][3])} items) | {int(csv.uauc_users[3])} users |" in text
 
 
 def _frame(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
@@ -84,9 +85,10 @@ def test_empty_and_single_label_buckets_show_a_dash():
     table = pd.DataFrame([{"column": "", "label": "MF", "model": "MF", "seeds": 1,
                            **{f"{m}_{s}": r[m] if s == "mean" else math.nan for m in cs.METRICS
                               for s in ("mean", "std")}, "bucket": r["bucket"]} for r in records])
-    sizes = {r["bucket"]: f"{r['rows']} ({r['items']} items)" for r in records}
+    sizes = {r["bucket"]: (f"{r['rows']} ({r['items']} items)", f"{r['uauc_users']} users") for r in records}
     text = cs.to_markdown(table, sizes, "caption", seeds=1)
-    assert "| MF | - | - | - | - | - | - | **" in text and "| test rows | 2 (2 items) |  | 0 (0 items) |" in text
+    assert "| MF | - | - | - | - | - | - | **" in text
+    assert "| test rows | 2 (2 items) | 0 users | 0 (0 items) | 0 users |" in text
 
 
 def test_bucket_names_and_custom_edges():
