@@ -152,11 +152,13 @@ def cold_table(runs: dict[tuple[int, int], Path], rows: list[tbl.Row], seeds: li
     return pd.DataFrame(records), sizes
 
 
-def to_markdown(table: pd.DataFrame, sizes: dict[str, tuple[str, str]], caption: str, seeds: int) -> str:
+def to_markdown(table: pd.DataFrame, sizes: dict[str, tuple[str, str]], caption: str, seeds: int,
+                column_name: str = "") -> str:
     """Rows = table rows, two columns (AUC, UAUC) per bucket, best of each column bold and second underlined;
-    the first line gives each bucket's test rows (distinct items) and the users with both labels UAUC averages."""
+    the first line gives each bucket's test rows (distinct items) and the users with both labels UAUC averages.
+    Rows with a column value (backbone, history length) come in blocks headed ``column_name``."""
     buckets = list(sizes)
-    lead = ["", "Method"] if (table.column != "").any() else ["Method"]
+    lead = [column_name, "Method"] if (table.column != "").any() else ["Method"]
     header = lead + [f"{b}: {m.upper()}" for b in buckets for m in METRICS]
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              "| " + " | ".join([""] * (len(lead) - 1) + ["test rows"] + [x for b in buckets for x in sizes[b]])
@@ -189,5 +191,6 @@ def write_cold_table(runs: dict[tuple[int, int], Path], rows: list[tbl.Row], see
                "'-': undefined in the bucket (one label only, or no user with both labels).")
     table.assign(edges=",".join(map(str, edges))).to_csv(root / f"table_{kind}_cold.csv", index=False)
     path = root / f"table_{kind}_cold.md"
-    path.write_text(to_markdown(table, sizes, caption, len(seeds)), encoding="utf-8")
+    column_name = {"backbone": "Backbone", "history": "n"}.get(kind, "")
+    path.write_text(to_markdown(table, sizes, caption, len(seeds), column_name), encoding="utf-8")
     return path
