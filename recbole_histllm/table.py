@@ -629,7 +629,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
         try:  # the split is rebuilt from the dataset: without it the main table stands alone
             write_cold_table(runs, rows, seeds, dataset, kind, root, cold_edges, extra.get("data_path"), n_common)
         except (UsageError, OSError, ValueError) as err:
-            (root / f"table_{kind}_cold.md").unlink(missing_ok=True)
+            for stale in (root / f"table_{kind}_cold.md", root / f"table_{kind}_cold.csv"):
+                stale.unlink(missing_ok=True)
             print(f"warning: cold-start table not written: {err}", flush=True)
     if export is not None:
         written = export_runs(runs, rows, dataset, extra, export)
