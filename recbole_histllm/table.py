@@ -659,7 +659,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recbole_histllm.cold_start import parse_edges
+    from recbole_histllm.cold_start import DEFAULT_EDGES, parse_edges
     from recbole_histllm.quick_start import parse_args
 
     try:
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
         export = args.pop("export_runs", None)
-        cold_edges = parse_edges(args.pop("cold_buckets", "0,5,20"))
+        cold_edges = parse_edges(args.pop("cold_buckets")) if "cold_buckets" in args else DEFAULT_EDGES
         if export is not None and export in ("True", "None", ""):
             raise UsageError("--export_runs needs a folder: --export_runs=DIR")
         args.pop("debug", None)
