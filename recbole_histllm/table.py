@@ -3,7 +3,7 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
     python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--output_dir=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--reuse_only] [--export_runs=DIR] [--any_config_key=value ...]
+        [--dry_run] [--reuse_only] [--export_runs=DIR] [--cold_buckets=0,5,20] [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
@@ -32,14 +32,14 @@ evaluator) on the rows that every run of the table scored, so runs tested on a `
 and runs tested on the whole split compare on the same rows. Outputs: ``table_<kind>.md`` (paper
 layout: mean ± std over seeds, best bold, second underlined, HistLLM's relative improvement
 averaged over AUC and UAUC as the paper's "Rel. Imp.") and ``table_<kind>.csv``; the history table
-also writes ``history.png`` (test AUC against n).
+also writes ``history.png`` (test AUC against n). ``table_<kind>_cold.md`` / ``.csv``: the same runs' AUC / UAUC
+per item-frequency bucket (items by their train rows; ``--cold_buckets=0,5,20``, :mod:`recbole_histllm.cold_start`).
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import json
 import math
 import re
@@ -52,10 +52,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
+from recbole_histllm.cold_start import DEFAULT_EDGES, parse_edges, write_cold_table
 from recbole_histllm.config_schema import check_values
-from recbole_histllm.evaluator import impression_metrics, user_auc
+from recbole_histllm.run_files import (
+    PREDICTIONS,
+    Row,
+    cell,
+    common_rows,
+    metrics_on,
+    predictions_file,
+    ranks,
+    read_predictions,
+    read_result,
+)
 from recbole_histllm.utils import UsageError
 
 #: Named rows: label -> (model, overrides). HistLLM(Transformer) is the paper's reference row.
@@ -174,23 +184,6 @@ def stage_config(model: str, config: dict[str, Any], stage: int) -> str | None:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-@functools.lru_cache(maxsize=4096)
-def _read_result(path: str, stamp: int) -> dict[str, Any] | None:
-    try:
-        result = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return result if isinstance(result, dict) else None
-
-
-def read_result(path: Path) -> dict[str, Any] | None:
-    """A ``result.json`` (parsed once per version of the file), None when unreadable."""
-    try:
-        return _read_result(str(path), path.stat().st_mtime_ns)
-    except OSError:
-        return None
-
-
 def stage_checkpoint(run: Path, result: dict[str, Any], stage: int) -> Path | None:
     """The finished stage-``stage`` checkpoint of a finished run: its own file, else the one it recorded
     (a run that was given it); None when the run has no such stage or the file is gone."""
@@ -243,21 +236,6 @@ class SharedStages:
             if name in expected and expected[name] is None:
                 given[name] = hit
         return given
-
-
-@dataclass
-class Row:
-    """One table row: a label, a model and its overrides (plus a column value for backbone/history)."""
-
-    label: str
-    model: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    column: str = ""
-
-    def run_dir(self, root: Path, extra: dict[str, Any]) -> Path:
-        spec = json.dumps([self.model, self.overrides, extra], sort_keys=True, default=str)
-        slug = "".join(c if c.isalnum() or c in "-_()" else "_" for c in self.label)
-        return root / f"{slug}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
 def _value(text: str) -> Any:
@@ -370,22 +348,6 @@ def launch(row: Row, dataset: str, seed: int, extra: dict[str, Any], out: Path,
 
 
 # ---- metrics --------------------------------------------------------------------------------------
-PREDICTIONS = ("test_predictions.csv", "test_predictions.csv.gz")
-
-
-def predictions_file(run: Path) -> Path | None:
-    """A run's test predictions: ``test_predictions.csv`` or (exported) ``test_predictions.csv.gz``."""
-    return next((run / name for name in PREDICTIONS if (run / name).is_file()), None)
-
-
-def read_predictions(run: Path) -> pd.DataFrame:
-    path = predictions_file(run)
-    if path is None:
-        raise FileNotFoundError(f"{run}: no {' or '.join(PREDICTIONS)}")
-    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "impression_id": str})  # gzip: by the suffix
-    return frame.set_index(["user_id", "item_id", *(["impression_id"] if "impression_id" in frame else [])])
-
-
 def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str, extra: dict[str, Any],
                 dest: Path) -> list[Path]:
     """Copy each run as ``dest/<dataset>/<label>-<hash>/seed<k>/`` with ``result.json`` and
@@ -413,19 +375,6 @@ def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str
     return written
 
 
-def metrics_on(frame: pd.DataFrame) -> dict[str, float]:
-    """AUC and UAUC; with an ``impression_id`` column (MIND) also MIND's impression metrics
-    (:data:`IMPRESSION_METRICS`)."""
-    labels = frame["label"].to_numpy() > 0.5
-    auc = float(roc_auc_score(labels, frame["score"])) if 0 < labels.sum() < len(labels) else math.nan
-    users = frame.index.get_level_values("user_id").to_numpy()
-    result = {"auc": auc, "uauc": user_auc(users, frame["score"].to_numpy(), labels)[0]}
-    if "impression_id" in frame.index.names:
-        groups = frame.index.get_level_values("impression_id").to_numpy()
-        result.update(impression_metrics(groups, frame["score"].to_numpy(), labels, (5, 10))[0])
-    return result
-
-
 def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
     """``{code version: runs}`` over a table's runs: the commit (12 characters, ``+dirty`` when tracked files
     differed from it), else the package version, else ``unrecorded`` (runs older than ``result.json``'s
@@ -445,9 +394,7 @@ def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int],
     seed stays a whole replicate); the common row count per seed (one number, or a range over seeds)
     and the sizes of the runs' own test sets (one size: all runs scored the same rows)."""
     frames = {key: read_predictions(path) for key, path in runs.items()}
-    common: dict[int, pd.Index] = {}
-    for (_, seed), frame in frames.items():
-        common[seed] = frame.index if seed not in common else common[seed].intersection(frame.index)
+    common = common_rows(frames)
     sizes = {len(f) for f in frames.values()}
     counts = sorted({len(index) for index in common.values()})
     n_common = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
@@ -481,16 +428,6 @@ def add_relative_improvement(table: pd.DataFrame, reference: str) -> pd.DataFram
     return table
 
 
-def _cell(mean: float, std: float, rank: int) -> str:
-    text = "n/a" if math.isnan(mean) else f"{mean:.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
-    return f"**{text}**" if rank == 0 else f"<u>{text}</u>" if rank == 1 else text
-
-
-def _ranks(values: pd.Series) -> list[int]:
-    order = sorted({v for v in values if not math.isnan(v)}, reverse=True)
-    return [order.index(v) if not math.isnan(v) else -1 for v in values]
-
-
 def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) -> str:
     """The table in the paper's layout; a row with fewer than ``seeds`` runs says how many it has."""
     with_groups = kind == "main"
@@ -501,7 +438,7 @@ def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) ->
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     blocks = [table] if kind in ("main", "ablation") else [g for _, g in table.groupby("column", sort=False)]
     for block in blocks:
-        auc_rank, uauc_rank = _ranks(block.auc_mean), _ranks(block.uauc_mean)
+        auc_rank, uauc_rank = ranks(block.auc_mean), ranks(block.uauc_mean)
         previous = None
         for j, (_, r) in enumerate(block.iterrows()):
             cells = []
@@ -512,10 +449,10 @@ def to_markdown(table: pd.DataFrame, kind: str, caption: str, seeds: int = 1) ->
                 cells.append(r.column if j == 0 else "")
             done = int(r.get("seeds", seeds))
             label = r.label if done >= seeds else f"{r.label} ({done} of {seeds} seeds)"
-            cells += [label, _cell(r.auc_mean, r.auc_std, auc_rank[j]), _cell(r.uauc_mean, r.uauc_std, uauc_rank[j])]
+            cells += [label, cell(r.auc_mean, r.auc_std, auc_rank[j]), cell(r.uauc_mean, r.uauc_std, uauc_rank[j])]
             if with_groups:
                 cells.append("-" if math.isnan(r.rel_imp) else f"{100 * r.rel_imp:.1f}%")
-            cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], _ranks(block[f"{m}_mean"])[j]) for m in extra]
+            cells += [cell(r[f"{m}_mean"], r[f"{m}_std"], ranks(block[f"{m}_mean"])[j]) for m in extra]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -570,14 +507,15 @@ def launch_sharing(row: Row, dataset: str, seed: int, extra: dict[str, Any], own
 
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
           search: list[Path], dry_run: bool = False, reuse_only: bool = False,
-          export: Path | None = None) -> pd.DataFrame | None:
+          export: Path | None = None, cold_edges: tuple[int, ...] | None = None) -> pd.DataFrame | None:
     """Find or run every (row, seed), score them on their common rows, write the table files.
 
     With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
     Missing runs are launched seed by seed, in row order, each LLM run given the finished shared stages
     (stage 0, stage 1) of any LLM run of its dataset and seed with the same stage config
     (:class:`SharedStages`): a seed's first run trains them, the later ones load them.
-    ``export``: :func:`export_runs` of every run the table used.
+    ``export``: :func:`export_runs` of every run the table used. ``cold_edges``: also the cold-start
+    breakdown (:mod:`recbole_histllm.cold_start`) with these bucket edges.
     """
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
@@ -627,6 +565,13 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
     if kind == "history":
         plot_history(table, root / "history.png", dataset)
+    if cold_edges is not None:
+        try:  # the split is rebuilt from the dataset: without it the main table stands alone
+            write_cold_table(runs, rows, seeds, dataset, kind, root, cold_edges, extra.get("data_path"), n_common)
+        except (UsageError, OSError, ValueError) as err:
+            for stale in (root / f"table_{kind}_cold.md", root / f"table_{kind}_cold.csv"):
+                stale.unlink(missing_ok=True)
+            print(f"warning: cold-start table not written: {err}", flush=True)
     if export is not None:
         written = export_runs(runs, rows, dataset, extra, export)
         print(f"exported {len(written)} runs (result.json, test_predictions.csv.gz) to {export / dataset}",
@@ -678,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
         export = args.pop("export_runs", None)
+        cold_edges = parse_edges(args.pop("cold_buckets")) if "cold_buckets" in args else DEFAULT_EDGES
         if export is not None and export in ("True", "None", ""):
             raise UsageError("--export_runs needs a folder: --export_runs=DIR")
         args.pop("debug", None)
@@ -686,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:  # the values are checked here once, not by every run this table would launch
             raise UsageError("\n".join(dict.fromkeys(errors)))
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
-                      reuse_only, Path(export) if export is not None else None)
+                      reuse_only, Path(export) if export is not None else None, cold_edges)
     except (UsageError, RuntimeError) as err:
         for line in str(err).splitlines() or [""]:
             print(f"error: {line}", file=sys.stderr)
@@ -694,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     if table is not None:
         print((out / dataset / f"table_{kind}.md").read_text(encoding="utf-8"))
         print(f"written: {out / dataset / f'table_{kind}.md'} and .csv")
+        cold = out / dataset / f"table_{kind}_cold.md"
+        if cold.is_file():
+            print(cold.read_text(encoding="utf-8"))
+            print(f"written: {cold} and .csv (cold-start breakdown)")
     return 0
 
 
