@@ -6,6 +6,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +105,37 @@ def test_cached_copy_is_reused_without_assembling(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib, "import_module", no_import)
     assert bb.dequantize_backbone("gemma3-270m", tmp_path / "cache") == target
     assert len(bb._source_fingerprint(parts)["parts"]) == 2
+
+
+def _first_use(cache: Path) -> None:
+    bb.dequantize_backbone("gemma3-270m", cache)
+
+
+def test_concurrent_first_uses_dequantize_once(monkeypatch, tmp_path):
+    """Two runs started together (a table's workers, torchrun's ranks) on an empty cache: one
+    dequantizes, the other waits for it and reuses the copy (it used to fail renaming onto it)."""
+    parts = [tmp_path / "x.gguf"]
+    parts[0].write_bytes(b"gguf")
+    monkeypatch.setattr(bb, "find_gguf_sources", lambda name=None: parts)
+    calls = tmp_path / "calls.txt"
+
+    def slow_dequantize(entry, sources, source, target):
+        with open(calls, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        target.mkdir(parents=True)
+        (target / bb._MARKER).write_text(json.dumps(source))
+        return target
+
+    monkeypatch.setattr(bb, "_dequantize_into", slow_dequantize)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_first_use, args=(tmp_path / "cache",)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(calls.read_text().split()) == 1
 
 
 @pytest.mark.slow

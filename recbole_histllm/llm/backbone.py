@@ -11,6 +11,8 @@ downloaded: every ``from_pretrained`` call runs with ``local_files_only=True``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import importlib
 import importlib.metadata
@@ -258,6 +260,26 @@ def dequantize_backbone(
     if not force and _marker_matches(marker, source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{entry.model_name}.lock"):
+        if not force and _marker_matches(marker, source):  # another process made it while we waited
+            return target
+        return _dequantize_into(entry, sources, source, target)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive advisory lock on ``lock_path``: concurrent first uses (two table runs,
+    torchrun's ranks) dequantize once, the others wait and then find the finished copy."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _dequantize_into(entry: KnownBackbone, sources: list[Path], source: dict, target: Path) -> Path:
+    """The work of :func:`dequantize_backbone`, run under its lock."""
     t0 = time.time()
     logger.info("Dequantizing %s into %s (once)", entry.model_name, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.model_name}.", dir=target.parent))
@@ -276,9 +298,6 @@ def dequantize_backbone(
         tokenizer.save_pretrained(tmp)
         del model
         (tmp / _MARKER).write_text(json.dumps(source))
-        if not force and _marker_matches(marker, source):  # another process finished first: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-            return target
         if target.exists():
             stale = Path(tempfile.mkdtemp(prefix=f".{entry.model_name}.stale.", dir=target.parent))
             os.replace(target, stale / "old")
