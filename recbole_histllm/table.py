@@ -3,7 +3,8 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
     python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--output_dir=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--reuse_only] [--export_runs=DIR] [--cold_buckets=0,5,20] [--any_config_key=value ...]
+        [--dry_run] [--reuse_only] [--allow_mixed] [--export_runs=DIR] [--cold_buckets=0,5,20] \
+        [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
 model name, or one of :data:`PRESETS` (``HistLLM(GRU)``, ``w/o UHEM``, ...). Each row and seed is
@@ -11,7 +12,9 @@ one CLI run (``python -m recbole_histllm.quick_start``, the CLI of ``run_recbole
 in ``<output_dir>/<dataset>/<label>-<hash>/seed<k>``; a finished
 run (its ``result.json``) is reused, from there or from any folder under ``--runs`` whose recorded
 config equals the run's config, so a table builds incrementally and survives a kill (the LLM
-stages resume from their checkpoints). Keys given on the command line are passed to every run.
+stages resume from their checkpoints). A table holds runs of ONE code version (``result.json``'s
+commit): runs of several stop it with one line naming them, before any launch, unless
+``--allow_mixed``. Keys given on the command line are passed to every run.
 ``--dry_run`` lists what would run; ``--reuse_only`` builds the table from the finished runs alone
 (a row or seed without one is reported, not run; rows with fewer seeds than asked are marked).
 
@@ -375,16 +378,47 @@ def export_runs(runs: dict[tuple[int, int], Path], rows: list[Row], dataset: str
     return written
 
 
+def version_label(code: dict[str, Any] | None) -> str:
+    """A run's code version (``result.json``'s ``code``): the commit (12 characters, ``+dirty`` when tracked
+    files differed from it), else the package version, else ``unrecorded`` (runs older than that entry)."""
+    code = code or {}
+    if code.get("commit"):
+        return code["commit"][:12] + ("+dirty" if code.get("dirty") else "")
+    return f"version {code['package']}" if code.get("package") else "unrecorded"
+
+
 def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
-    """``{code version: runs}`` over a table's runs: the commit (12 characters, ``+dirty`` when tracked files
-    differed from it), else the package version, else ``unrecorded`` (runs older than ``result.json``'s
-    ``code`` entry)."""
+    """``{code version: runs}`` over a table's runs (:func:`version_label`)."""
     counts: dict[str, int] = {}
     for run in runs.values():
-        code = (read_result(run / "result.json") or {}).get("code") or {}
-        label = (code["commit"][:12] + ("+dirty" if code.get("dirty") else "")) if code.get("commit") else \
-            (f"version {code['package']}" if code.get("package") else "unrecorded")
+        label = version_label((read_result(run / "result.json") or {}).get("code"))
         counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def check_one_version(rows: list[Row], runs: dict[tuple[int, int], Path], to_launch: list[tuple[int, int]],
+                      allow_mixed: bool) -> dict[str, int]:
+    """Stop (:class:`UsageError`, one line) before anything is launched when the table would hold runs of
+    several code versions: the finished runs' versions and, for the runs still to launch, this checkout's.
+    Each version names the rows that hold it. ``allow_mixed`` turns the stop into a warning."""
+    from recbole_histllm.quick_start import code_version
+
+    holders: dict[str, dict[str, int]] = {}
+    labels = {key: version_label((read_result(run / "result.json") or {}).get("code")) for key, run in runs.items()}
+    here = version_label(code_version())
+    labels.update(dict.fromkeys(to_launch, here))
+    for (i, _), label in labels.items():
+        rows_of = holders.setdefault(label, {})
+        rows_of[rows[i].label] = rows_of.get(rows[i].label, 0) + 1
+    counts = {label: sum(rows_of.values()) for label, rows_of in holders.items()}
+    if len(holders) > 1:
+        said = "; ".join(f"{label}{' (this checkout)' if label == here else ''}: "
+                         + ", ".join(f"{r} x{n}" for r, n in rows_of.items())
+                         for label, rows_of in holders.items())
+        if not allow_mixed:
+            raise UsageError(f"the table would mix runs of {len(holders)} code versions ({said}); rerun them on one "
+                             "commit, or pass --allow_mixed to build it anyway (its caption then lists the versions)")
+        print(f"warning: the table mixes runs of {len(holders)} code versions ({said})", flush=True)
     return counts
 
 
@@ -507,7 +541,8 @@ def launch_sharing(row: Row, dataset: str, seed: int, extra: dict[str, Any], own
 
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
           search: list[Path], dry_run: bool = False, reuse_only: bool = False,
-          export: Path | None = None, cold_edges: tuple[int, ...] | None = None) -> pd.DataFrame | None:
+          export: Path | None = None, cold_edges: tuple[int, ...] | None = None,
+          allow_mixed: bool = False) -> pd.DataFrame | None:
     """Find or run every (row, seed), score them on their common rows, write the table files.
 
     With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
@@ -515,7 +550,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     (stage 0, stage 1) of any LLM run of its dataset and seed with the same stage config
     (:class:`SharedStages`): a seed's first run trains them, the later ones load them.
     ``export``: :func:`export_runs` of every run the table used. ``cold_edges``: also the cold-start
-    breakdown (:mod:`recbole_histllm.cold_start`) with these bucket edges.
+    breakdown (:mod:`recbole_histllm.cold_start`) with these bucket edges. Runs of several code versions
+    stop the table before any launch unless ``allow_mixed`` (:func:`check_one_version`).
     """
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
@@ -534,6 +570,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
                 missing.append((i, seed, own))
     if dry_run:
         return None
+    to_launch = [] if reuse_only else [(i, seed) for i, seed, _ in missing]
+    check_one_version(rows, runs, to_launch, allow_mixed)
     if reuse_only:
         if missing:
             print(f"--reuse_only: {len(missing)} of {len(rows) * len(seeds)} runs missing, left out", flush=True)
@@ -557,9 +595,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     caption = (f"{dataset}: test AUC / UAUC over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
                f"{n_common} test rows per seed ({note}).")
     versions = code_versions(runs)
-    if len(versions) > 1:  # runs of different code in one table: said in the caption and printed
+    if len(versions) > 1:  # only with allow_mixed (check_one_version): the caption says which versions
         caption += " Runs of several code versions: " + ", ".join(f"{v} ({n})" for v, n in versions.items()) + "."
-        print(f"warning: the table mixes runs of {len(versions)} code versions: {dict(versions)}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     table.assign(test_rows=n_common).to_csv(root / f"table_{kind}.csv", index=False)
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")
@@ -622,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         search = [Path(p) for p in args.pop("runs", "").split(",") if p]
         dry_run = args.pop("dry_run", "False").lower() in ("true", "1")
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
+        allow_mixed = args.pop("allow_mixed", "False").lower() in ("true", "1")
         export = args.pop("export_runs", None)
         cold_edges = parse_edges(args.pop("cold_buckets")) if "cold_buckets" in args else DEFAULT_EDGES
         if export is not None and export in ("True", "None", ""):
@@ -632,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:  # the values are checked here once, not by every run this table would launch
             raise UsageError("\n".join(dict.fromkeys(errors)))
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
-                      reuse_only, Path(export) if export is not None else None, cold_edges)
+                      reuse_only, Path(export) if export is not None else None, cold_edges, allow_mixed)
     except (UsageError, RuntimeError) as err:
         for line in str(err).splitlines() or [""]:
             print(f"error: {line}", file=sys.stderr)

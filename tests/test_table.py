@@ -327,6 +327,31 @@ def test_code_versions_of_a_tables_runs(tmp_path):
     assert (len(here["commit"] or "") == 40) == in_checkout and here["package"]
 
 
+def test_runs_of_two_commits_stop_the_table_unless_allowed(tiny_root, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    common = ["--dataset=tiny", f"--data_path={tiny_root}", "--epochs=1"]
+    assert tbl.main([*common, "--models=MF,Other=MF:learning_rate=0.5", f"--out={runs}"]) == 0
+    other = next(runs.glob("tiny/Other-*/seed2020/result.json"))
+    result = json.loads(other.read_text())
+    result["code"] = {"package": "0.1.0", "commit": "b" * 40, "dirty": False}
+    other.write_text(json.dumps(result))
+    monkeypatch.setattr(tbl, "launch", lambda *a, **k: pytest.fail("a mixed table launched a run"))
+    args = [*common, "--models=MF,Other=MF:learning_rate=0.5", "--reuse_only", f"--runs={runs}",
+            f"--out={tmp_path / 'tables'}"]
+    capsys.readouterr()
+    assert tbl.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 code versions" in err[0] and "b" * 12 + ": Other x1" in err[0]
+    assert "MF x1" in err[0] and "--allow_mixed" in err[0]
+    assert not (tmp_path / "tables" / "tiny" / "table_main.md").exists()
+    assert tbl.main([*args, "--allow_mixed"]) == 0
+    assert "Runs of several code versions" in (tmp_path / "tables" / "tiny" / "table_main.md").read_text()
+    # a missing run would be launched on this checkout: a reused run of another commit stops it first
+    assert tbl.main([*common, "--models=Other=MF:learning_rate=0.5", "--seeds=2", f"--runs={runs}",
+                     f"--out={tmp_path / 'more'}"]) == 2
+    assert "(this checkout): Other x1" in capsys.readouterr().err
+
+
 def test_mind_runs_get_the_impression_metrics_recomputed_and_rendered(tmp_path):
     """Predictions with an impression_id column (MIND): MIND's metrics per run, columns in the table."""
     import numpy as np
