@@ -114,7 +114,7 @@ def test_llm_describer_with_tiny_model(tmp_path):
     plain = ke.LLMDescriber(model, tok, chat_template="off", device="cpu")
     assert plain.prompt("Heat (1995)") == (
         "#Question: Generate a concise movie description for the title Heat (1995) with around 20 words, "
-        "highlighting the main theme and unique elements.\n#Answer:"
+        "highlighting the main theme and unique elements. \n#Answer:"  # Fig. 9, character for character
     )
     p = _write(tmp_path)
     stats = ke.enhance_table(p, gen, batch_size=3, progress=False)

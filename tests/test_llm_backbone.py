@@ -88,10 +88,11 @@ def test_real_backbone_lora_steps_reduce_loss(one_thread):
     labels = torch.tensor([1.0, 0.0])
     before = lora_state_dict(model)
     frozen_before = model.get_input_embeddings().weight.detach().clone()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    # lr 1e-3: at 3e-3 AdamW's first steps overshoot on these two rows (loss 0.78 -> 0.85)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     losses = []
-    for _ in range(2):
+    for _ in range(3):
         loss = yes_no_bce(score_batch(model, batch, b.answer_tokens), labels)
         loss.backward()
         assert all(("lora_" in n) == (p.grad is not None) for n, p in model.named_parameters())

@@ -79,7 +79,7 @@ def paper_text(figure: str, n_items: int) -> str:
     pattern = "<Item_1Title><Item_1Image>...<Item_nTitle><Item_nImage>" if image else "<Item_1Title...<Item_nTitle>"
     assert pattern in figure
     items = ", ".join(f'"<Item_{k}Title>"' + ("<Item_iImage>" if image else "") for k in range(1, n_items + 1))
-    return figure.replace(pattern, items).replace(" \\n", "\n")
+    return figure.replace(pattern, items).replace("\\n", "\n")  # the figures' escaped newline, space kept
 
 
 def placeholder_sample(n_items: int) -> PromptSample:
@@ -136,14 +136,14 @@ def test_tallrec_desc_prompt_is_fig8(tiny_root, tmp_path):
     _, model, _, _, _ = build("TALLRec", tiny_root, tmp_path, tallrec_desc=True)
     sample = PromptSample({"TargetItemDesc": "<TargetItemDesc>"}, [{"Desc": f"<Item_{k}Desc>"} for k in (1, 2, 3)])
     expected = fig8.replace("<Item_1Desc>...<Item_nDesc>", '"<Item_1Desc>", "<Item_2Desc>", "<Item_3Desc>"')
-    assert model.builders[1].render_text(sample) == expected.replace(" \\n", "\n")
+    assert model.builders[1].render_text(sample) == expected.replace("\\n", "\n")
 
 
 def test_zeroshot_prompt_is_fig6_in_the_chat_template(tiny_root, tmp_path):
     _, model, train, _, _ = build("ZeroShot", tiny_root, tmp_path)
     builder = model.builders[1]
     assert builder.use_chat_template
-    body = paper_text(FIG6, 2).removeprefix("#Question: ").removesuffix("\n#Answer:")
+    body = paper_text(FIG6, 2).removeprefix("#Question: ").removesuffix(" \n#Answer:")
     text = builder.render_text(placeholder_sample(2))
     assert body in text and text.endswith("<|im_start|>assistant\n#Answer:") and text.startswith("<|im_start|>")
 

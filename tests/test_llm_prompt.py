@@ -54,7 +54,7 @@ def test_tallrec_matches_paper_text(tok):
     b = PromptBuilder(tok, TALLREC)
     text = b.render_text(_sample(2))
     paper = PAPER_FIG6.replace("<Item_1Title...<Item_nTitle>", '"Old Movie 0 (1960)", "Old Movie 1 (1961)"')
-    paper = paper.replace("<TargetItemTitle>", "Toy Story (1995)").replace(". \\n#", ".\n#")
+    paper = paper.replace("<TargetItemTitle>", "Toy Story (1995)").replace("\\n", "\n")  # space kept
     assert text == paper
     # a text-only prompt is one run: identical to tokenizing the whole text
     batch = b([_sample(2)])
@@ -143,7 +143,7 @@ def test_truncation_drops_oldest_history_only(tok):
     tiny = PromptBuilder(tok, TALLREC_IMAGE, max_prompt_tokens=5)
     batch = tiny([long])
     text = tok.decode(batch.input_ids[0])
-    assert text.endswith('movie titled The Target Film (2001)<|im_end|> Answer with "Yes" or "No".\n#Answer:')
+    assert text.endswith('movie titled The Target Film (2001)<|im_end|> Answer with "Yes" or "No". \n#Answer:')
     assert "following movies: none." in text and int(batch.history_kept[0]) == 0
     assert tiny.reset_stats()["overflow_rows"] == 1 and tiny.stats["rows"] == 0
 

@@ -106,7 +106,7 @@ def test_prompt_is_fig7_with_one_image_per_poster(vlm_model):
     builder = model.builders[1]
     assert model.missing_posters == 1 and model.vma is None and not model.use_visual
     # the wording: Fig. 7 with each image placeholder an image entry, posters in prompt order
-    fig7 = paper_text(FIG7, 3).removeprefix("#Question: ").removesuffix("\n#Answer:")
+    fig7 = paper_text(FIG7, 3).removeprefix("#Question: ").removesuffix(" \n#Answer:")
     fig7 = fig7.replace("<Item_iImage>", "<Image>").replace("<TargetItemImage>", "<Image>")
     sample = PromptSample({"TargetItemTitle": "<TargetItemTitle>", "TargetItemImage": "t.jpg"},
                           [{"Title": f"<Item_{k}Title>", "Image": f"{k}.jpg"} for k in (1, 2, 3)])

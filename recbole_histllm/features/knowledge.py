@@ -46,7 +46,7 @@ KE_PROMPTS = {
     ),
 }
 QUESTION_PREFIX = "#Question: "
-ANSWER_PREFIX = "\n#Answer:"
+ANSWER_PREFIX = " \n#Answer:"  # Fig. 9: "unique elements. \n#Answer:"
 
 Generator = Callable[[Sequence[str]], list[str]]
 

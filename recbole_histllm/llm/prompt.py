@@ -48,7 +48,7 @@ class PromptTemplate:
     history_sep: str = ", "
     empty_history: str = "none"
     question_prefix: str = "#Question: "
-    answer_prefix: str = "\n#Answer:"
+    answer_prefix: str = " \n#Answer:"  # the appendix's `"No". \n#Answer:` (a space before the newline)
     chat_answer_prefix: str = "#Answer:"
 
     def placeholders(self) -> set[str]:
@@ -154,7 +154,7 @@ class AnswerTokens:
 
 
 def resolve_answer_tokens(
-    tokenizer: PreTrainedTokenizerBase, context: str = "\n#Answer:", yes: str = "Yes", no: str = "No"
+    tokenizer: PreTrainedTokenizerBase, context: str = " \n#Answer:", yes: str = "Yes", no: str = "No"
 ) -> AnswerTokens:
     """Ids of the first token the model would write for ``yes``/``no`` right after ``context``.
 
