@@ -19,12 +19,7 @@ DIM = 64
 GOOD = {"1": ("jpg", (200, 30, 30)), "2": ("png", (30, 200, 30)), "3": ("jpeg", (30, 30, 200))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
