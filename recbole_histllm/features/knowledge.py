@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_converters.cli import Parser, existing_dir, int_at_least, number_in, run_main
+from dataset_converters.cli import existing_dir, int_at_least, number_in, run_main
 from dataset_converters.core import clean_text, read_text_rows
-from recbole_histllm.features.files import atomic_write
+from recbole_histllm.features.files import atomic_write, feature_parser
 from recbole_histllm.utils import UsageError
 
 logger = logging.getLogger(__name__)
@@ -307,9 +307,7 @@ def default_source(path: str | os.PathLike, domain: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m recbole_histllm.features.knowledge", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data_path", default="dataset")
+    p = feature_parser("recbole_histllm.features.knowledge", __doc__.split("\n")[0])
     p.add_argument("--llm", type=existing_dir, default=None, help="local Hugging Face causal LM folder (config key "
                    "llm_path)")
     p.add_argument("--batch_size", type=int_at_least(1), default=16)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import yaml
 
-from dataset_converters.cli import Parser, existing_dir, existing_file, existing_path, int_at_least, run_main
+from dataset_converters.cli import existing_dir, existing_file, existing_path, int_at_least, run_main
 from dataset_converters.core import image_files
-from recbole_histllm.features.files import atomic_write, read_item_file, rewrite_item_file
+from recbole_histllm.features.files import atomic_write, feature_parser, read_item_file, rewrite_item_file
 from recbole_histllm.features.visual_backbones import DEFAULT_BACKBONE, PRESETS, build_backbone
 from recbole_histllm.utils import PROPERTIES_DIR, UsageError
 
@@ -377,13 +377,13 @@ def _config_values(dataset: str, config_files: Sequence[str]) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = Parser(
-        prog="python -m recbole_histllm.features.visual",
-        description="Embed item images with a timm backbone into <data_path>/<dataset>/<dataset>.item.",
+    parser = feature_parser(
+        "recbole_histllm.features.visual",
+        "Embed item images with a timm backbone into <data_path>/<dataset>/<dataset>.item.",
+        data_path=None,
+        data_path_help="datasets root (default: config data_path or dataset/)",
     )
-    parser.add_argument("--dataset", required=True, help="dataset name (folder and file stem)")
     parser.add_argument("--images", required=True, type=existing_dir, help="folder of <item_id>.jpg|jpeg|png images")
-    parser.add_argument("--data_path", default=None, help="datasets root (default: config data_path or dataset/)")
     parser.add_argument(
         "--backbone",
         default=None,
