@@ -134,17 +134,33 @@ def valid_token(token: str) -> bool:
     return bool(token) and not any(c.isspace() or c in "\"'" for c in token)
 
 
+def read_text_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """The one parser of a ``<name>.text`` side file: ``(header, rows)``, every cell the string as written.
+
+    UTF-8 (a BOM dropped), tab separated, no quoting; ``\r\n`` endings and blank lines are tolerated and a
+    short row is padded with empty cells. ValueError naming the file (and line) for an empty file or a row
+    with more cells than the header."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        lines = handle.read().split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not lines or not lines[0]:
+        raise ValueError(f"{path}: empty file, expected a header line 'item_id\ttitle\tdescription'")
+    header = lines[0].split("\t")
+    rows = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        cells = line.split("\t")
+        if len(cells) > len(header):
+            raise ValueError(f"{path}:{line_no}: {len(cells)} tab-separated cells, the header has {len(header)}")
+        rows.append(cells + [""] * (len(header) - len(cells)))
+    return header, rows
+
+
 def read_text_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a ``<name>.text`` side file exactly as written (all columns str, no NaN)."""
-    return pd.read_csv(
-        path,
-        sep="\t",
-        dtype=str,
-        quoting=csv.QUOTE_NONE,
-        keep_default_na=False,
-        na_filter=False,
-        encoding="utf-8",
-    )
+    """A ``<name>.text`` side file as a frame (:func:`read_text_rows`: all columns str, no NaN)."""
+    header, rows = read_text_rows(path)
+    return pd.DataFrame(rows, columns=header, dtype=object)
 
 
 def iter_lines(

@@ -1,4 +1,4 @@
-"""Shared fixtures: a built ml-100k CTR dataset folder reused by the whole session."""
+"""Shared fixtures: a built ml-100k CTR dataset folder reused by the whole session, torch on one thread."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ FAST_LLM = {
     "stopping_step": 5,
     "valid_rows": None,
 }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one CPU thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

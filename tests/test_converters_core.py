@@ -112,6 +112,26 @@ def test_finalize_writes_contract(tmp_path):
     assert "#Train" in core.format_summary(summary, "toy")
 
 
+def test_text_side_file_parsed_verbatim(tmp_path):
+    """One parser of ``.text``: cells as written (spaces, quotes, numbers as str), BOM and CRLF dropped,
+    blank lines skipped, short rows padded; the frame is the same rows."""
+    path = tmp_path / "x.text"
+    path.write_bytes("\ufeffitem_id\ttitle\tdescription\r\n001\t A \"b\r\n\n2\t1.0\tNA\n3".encode())
+    header, rows = core.read_text_rows(path)
+    assert header == ["item_id", "title", "description"]
+    assert rows == [["001", ' A "b', ""], ["2", "1.0", "NA"], ["3", "", ""]]
+    frame = core.read_text_table(path)
+    assert list(frame.columns) == header and frame.values.tolist() == rows
+
+
+@pytest.mark.parametrize("content, where", [("", "x.text: empty"), ("item_id\ttitle\n1\ta\n2\tb\tc\n", "x.text:3:")])
+def test_text_side_file_errors_name_file_and_line(tmp_path, content, where):
+    path = tmp_path / "x.text"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=where):
+        core.read_text_table(path)
+
+
 def test_atomic_writer_keeps_old_on_failure(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()

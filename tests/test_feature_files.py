@@ -1,4 +1,4 @@
-"""The feature tools' shared file helpers: atomic rewrites that keep permissions, the .item rewrite."""
+"""The feature tools' shared helpers: atomic rewrites that keep permissions, the .item rewrite, the CLI front."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from recbole_histllm.features.files import atomic_write, read_item_file, rewrite_item_file
+from recbole_histllm.features.files import atomic_write, feature_parser, read_item_file, rewrite_item_file
 from recbole_histllm.utils import UsageError
 
 
@@ -46,3 +46,15 @@ def test_read_item_file_errors_name_the_file(tmp_path):
     (tmp_path / "empty.item").write_text("")
     with pytest.raises(UsageError, match="empty.item: empty item file"):
         read_item_file(tmp_path / "empty.item")
+
+
+def test_feature_parser_front(capsys):
+    parser = feature_parser("recbole_histllm.features.demo", "Demo.", data_path=None, data_path_help="root")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(["--dataset=toy", "--threads=2"])
+    assert (args.dataset, args.data_path, args.threads) == ("toy", None, 2)
+    assert feature_parser("m", "d").parse_args(["--dataset=toy"]).data_path == "dataset"
+    assert parser.format_usage().startswith("usage: python -m recbole_histllm.features.demo")
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([])
+    assert exit_.value.code == 2 and "--dataset" in capsys.readouterr().err

@@ -92,6 +92,17 @@ def test_postprocess_and_domain():
     assert "Generate a concise movie description for the title" in ke.KE_PROMPTS["movie"]
 
 
+def test_text_table_is_the_converters_parse(tmp_path):
+    """TextTable reads through the converters' one ``.text`` parser (the same cells as their frame)."""
+    from dataset_converters.core import read_text_table
+
+    p = _write(tmp_path)
+    table = ke.TextTable.read(p)
+    frame = read_text_table(p)
+    assert table.header == HEADER.rstrip("\n").split("\t") and table.rows == [list(row) for row in ROWS]
+    assert table.header == list(frame.columns) and table.rows == frame.values.tolist()
+
+
 def test_missing_description_column_is_added(tmp_path):
     d = tmp_path / "mind"
     d.mkdir()

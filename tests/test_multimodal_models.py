@@ -22,12 +22,7 @@ LOAD_COL = {"inter": ["user_id", "item_id", "label", "timestamp", "history"],
             "item": ["item_id", "image", "has_image", "text"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_dataset(root: Path, name: str, image: bool = True, text: bool = False, seed: int = 0) -> Path:

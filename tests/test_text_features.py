@@ -18,12 +18,7 @@ HIDDEN = 16
 WORDS = ["toy", "story", "golden", "eye", "heat", "the", "a", "of", "movie", "space", "war", "love", "."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

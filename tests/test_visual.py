@@ -12,18 +12,14 @@ import torch
 from PIL import Image
 
 from recbole_histllm.features import visual
+from recbole_histllm.features import visual_backbones as backbones
 
 TINY = "test_vit"  # timm's 0.3M-parameter test ViT, 64-d pooled features
 DIM = 64
 GOOD = {"1": ("jpg", (200, 30, 30)), "2": ("png", (30, 200, 30)), "3": ("jpeg", (30, 30, 200))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +156,12 @@ def test_weights_folder_safetensors_and_mapping_file(tmp_path, weights):
 
 def test_missing_weights_names_config_key(tmp_path):
     images, data = _make_dataset(tmp_path)
-    with pytest.raises(visual.MissingWeightsError, match="visual_weights"):
+    with pytest.raises(backbones.MissingWeightsError, match="visual_weights"):
         _run(images, data, None)
-    with pytest.raises(visual.MissingWeightsError, match="visual_weights"):
-        visual.build_backbone(visual.DEFAULT_BACKBONE, None)
-    with pytest.raises(visual.MissingWeightsError, match="visual_weights"):
-        visual.build_backbone(TINY, tmp_path / "nowhere.pth")
+    with pytest.raises(backbones.MissingWeightsError, match="visual_weights"):
+        backbones.build_backbone(backbones.DEFAULT_BACKBONE, None)
+    with pytest.raises(backbones.MissingWeightsError, match="visual_weights"):
+        backbones.build_backbone(TINY, tmp_path / "nowhere.pth")
 
 
 def test_wrong_weights_rejected(tmp_path, weights):
@@ -173,8 +169,8 @@ def test_wrong_weights_rejected(tmp_path, weights):
 
     other = tmp_path / "resnet.pth"
     torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), other)
-    with pytest.raises(visual.UsageError, match="missing keys"):
-        visual.build_backbone(TINY, other)
+    with pytest.raises(backbones.UsageError, match="missing keys"):
+        backbones.build_backbone(TINY, other)
 
 
 def test_cli_main(tmp_path, weights, capsys):
@@ -200,14 +196,14 @@ def test_efficientnet_lite0_preset_is_imagenet_model():
     import sklearn
     from timm.data import ImageNetInfo
 
-    encoder = visual.build_backbone("efficientnet_lite0", None, num_classes=1000)
+    encoder = backbones.build_backbone("efficientnet_lite0", None, num_classes=1000)
     assert encoder.timm_model == "tf_efficientnet_lite0"
     flower = Path(os.path.dirname(sklearn.__file__)) / "datasets" / "images" / "flower.jpg"
     with torch.inference_mode():
         logits = encoder.model(visual._load_image(flower, encoder.transform)[None])
     top5 = [ImageNetInfo().index_to_description(int(i)) for i in logits[0].topk(5).indices]
     assert top5[0] == "daisy", top5
-    pooled = visual.build_backbone("efficientnet_lite0", None)
+    pooled = backbones.build_backbone("efficientnet_lite0", None)
     assert pooled.dim == 1280
 
 
@@ -218,7 +214,7 @@ def test_dino_style_checkpoint_unwrapped(tmp_path, weights):
     wrapped["teacher"]["head.mlp.0.weight"] = torch.zeros(8, DIM)
     path = tmp_path / "checkpoint.pth"
     torch.save(wrapped, path)
-    encoder = visual.build_backbone(TINY, tmp_path)  # a folder holding checkpoint.pth
+    encoder = backbones.build_backbone(TINY, tmp_path)  # a folder holding checkpoint.pth
     assert encoder.dim == DIM
     for key, value in encoder.model.state_dict().items():
         assert torch.equal(value, state[key])

@@ -1,4 +1,4 @@
-"""File helpers of the feature tools: atomic rewrites and RecBole's atomic ``.item`` file.
+"""File helpers of the feature tools: atomic rewrites, RecBole's atomic ``.item`` file, the common command line.
 
 A feature tool rewrites ``<name>.item`` (or ``<name>.text``, or its resume cache) in place; a kill in the
 middle must never leave half a file, so every rewrite goes through :func:`atomic_write`: a temp file in
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from dataset_converters.cli import Parser
 from recbole_histllm.utils import UsageError
 
 
@@ -65,3 +66,13 @@ def rewrite_item_file(path: str | os.PathLike, header: list[str], rows: list[lis
         for row in rows:
             row = row + [""] * (len(header) - len(row))
             handle.write("\t".join([row[i] for i in keep] + new_fields(row)) + "\n")
+
+
+def feature_parser(module: str, description: str, data_path: str | None = "dataset",
+                   data_path_help: str = "datasets root (default: dataset)") -> Parser:
+    """The command line every feature tool starts with (``python -m <module>``): ``--dataset`` (folder and
+    file stem) and ``--data_path`` (the datasets root, default ``data_path``)."""
+    parser = Parser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--dataset", required=True, help="dataset name (folder and file stem)")
+    parser.add_argument("--data_path", default=data_path, help=data_path_help)
+    return parser

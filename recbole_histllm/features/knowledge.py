@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_converters.cli import Parser, existing_dir, int_at_least, number_in, run_main
-from dataset_converters.core import clean_text
-from recbole_histllm.features.files import atomic_write
+from dataset_converters.cli import existing_dir, int_at_least, number_in, run_main
+from dataset_converters.core import clean_text, read_text_rows
+from recbole_histllm.features.files import atomic_write, feature_parser
 from recbole_histllm.utils import UsageError
 
 logger = logging.getLogger(__name__)
@@ -62,29 +62,18 @@ class TextTable:
     def col(self, name: str) -> int:
         return self.header.index(name)
 
-
-def read_text_table(path: str | os.PathLike) -> TextTable:
-    """Read a ``.text`` TSV (UTF-8, header line); adds an empty ``description`` column if absent."""
-    with open(path, encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    while lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise ValueError(f"{path}: empty file, expected a header 'item_id\\ttitle\\tdescription'")
-    header = lines[0].split("\t")
-    for required in ("item_id", "title"):
-        if required not in header:
-            raise ValueError(f"{path}: header has no {required!r} column: {header}")
-    if "description" not in header:
-        header.append("description")
-    rows = []
-    for ln in lines[1:]:
-        cells = ln.split("\t")
-        if len(cells) < len(header):
-            cells += [""] * (len(header) - len(cells))
-        rows.append(cells)
-    return TextTable(header, rows)
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> TextTable:
+        """The side file as parsed by :func:`dataset_converters.core.read_text_rows`; needs ``item_id`` and
+        ``title`` columns and adds an empty ``description`` column if absent."""
+        header, rows = read_text_rows(path)
+        for required in ("item_id", "title"):
+            if required not in header:
+                raise ValueError(f"{path}: header has no {required!r} column: {header}")
+        if "description" not in header:
+            header.append("description")
+            rows = [row + [""] for row in rows]
+        return cls(header, rows)
 
 
 def write_text_table(path: str | os.PathLike, table: TextTable) -> None:
@@ -246,7 +235,7 @@ def enhance_table(
     """
     from tqdm.auto import tqdm
 
-    table = read_text_table(path)
+    table = TextTable.read(path)
     c_title, c_desc = table.col("title"), table.col("description")
     todo = [i for i, r in enumerate(table.rows) if not r[c_desc].strip() and r[c_title].strip()]
     no_title = sum(1 for r in table.rows if not r[c_desc].strip() and not r[c_title].strip())
@@ -290,7 +279,7 @@ def copy_source_column(
     path: str | os.PathLike, source: str, max_words: int = 40, limit: int | None = None
 ) -> dict[str, int]:
     """Fill empty descriptions from column ``source`` (first sentence(s), <= ``max_words`` words)."""
-    table = read_text_table(path)
+    table = TextTable.read(path)
     if source not in table.header:
         raise ValueError(f"{path}: no {source!r} column to copy descriptions from (columns: {table.header})")
     c_src, c_desc = table.col(source), table.col("description")
@@ -314,13 +303,11 @@ def copy_source_column(
 # ---- CLI ---------------------------------------------------------------------------------------
 def default_source(path: str | os.PathLike, domain: str) -> str:
     """``abstract`` for news whose side file has an abstract column (MIND), else ``llm`` (generate)."""
-    return "abstract" if domain == "news" and "abstract" in read_text_table(path).header else "llm"
+    return "abstract" if domain == "news" and "abstract" in TextTable.read(path).header else "llm"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m recbole_histllm.features.knowledge", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data_path", default="dataset")
+    p = feature_parser("recbole_histllm.features.knowledge", __doc__.split("\n")[0])
     p.add_argument("--llm", type=existing_dir, default=None, help="local Hugging Face causal LM folder (config key "
                    "llm_path)")
     p.add_argument("--batch_size", type=int_at_least(1), default=16)
@@ -353,7 +340,7 @@ def main(argv: Sequence[str] | None = None, generator: Generator | None = None) 
         logger.info("descriptions from column %r: %s", source, stats)
         return stats
     if generator is None:
-        table = read_text_table(path)
+        table = TextTable.read(path)
         c_title, c_desc = table.col("title"), table.col("description")
         if not any(not r[c_desc].strip() and r[c_title].strip() for r in table.rows):
             logger.info("every item of %s already has a description: nothing to generate", path)

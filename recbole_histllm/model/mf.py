@@ -13,24 +13,22 @@ import os
 
 import numpy as np
 import torch
-from recbole.model.abstract_recommender import GeneralRecommender
-from recbole.utils import InputType, ModelType
+from recbole.utils import InputType
 from torch import nn
 
+from recbole_histllm.model.abstract_recommender import LabeledRecommender
 from recbole_histllm.utils import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class MF(GeneralRecommender):
+class MF(LabeledRecommender):
     """Matrix factorisation with BCE on the labels, scored pointwise (a context-type model)."""
 
-    type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.LABEL = config["LABEL_FIELD"]
         self.embedding_size = config["embedding_size"]
         self.reg_weight = config["reg_weight"] or 0.0
         self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)

@@ -30,9 +30,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import GeneralRecommender
-from recbole.utils import InputType, ModelType
+from recbole.utils import InputType
 
+from recbole_histllm.model.abstract_recommender import LabeledRecommender
 from recbole_histllm.utils import InputError
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def sparse_tensor(matrix: sp.spmatrix, device) -> torch.Tensor:
     return torch.sparse_coo_tensor(index, values, coo.shape, check_invariants=True).coalesce().to(device)
 
 
-class MultimodalRecommender(GeneralRecommender):
+class MultimodalRecommender(LabeledRecommender):
     """Base class: item features, positive train pairs, the user-item graph, pointwise scoring.
 
     Subclasses implement :meth:`compute_embeddings` (final user and item tables) and
@@ -97,12 +97,10 @@ class MultimodalRecommender(GeneralRecommender):
 
     trainer_class: ClassVar[str] = "MultimodalTrainer"  # recbole_histllm.trainer: positive pairs, mirror gradient
 
-    type = ModelType.CONTEXT
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.LABEL = config["LABEL_FIELD"]
         self.dataset_name = config["dataset"]
         self.image_field, self.text_field = config["image_feature_field"], config["text_feature_field"]
         numerical = list(config["numerical_features"] or [])
