@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from dataset_converters.errors import UsageError
+
 
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line (``error: --opt: why``) and exit 2."""
@@ -99,8 +101,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     except SystemExit as exit_:  # argparse's own exit (Parser.error: one line printed already; --help: 0)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except Exception as err:  # noqa: BLE001 - filtered below
-        usage = any(cls.__name__ == "UsageError" for cls in type(err).__mro__)
-        if "--debug" in argv or not (usage or isinstance(err, errors)):
+        if "--debug" in argv or not isinstance(err, (UsageError, *errors)):
             raise
         text = str(err).strip().splitlines() or [type(err).__name__]
         for line in text:

@@ -35,6 +35,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dataset_converters.cli import int_at_least
+from dataset_converters.errors import InputError
 
 logger = logging.getLogger("dataset_converters")
 
@@ -138,13 +139,13 @@ def read_text_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]
     """The one parser of a ``<name>.text`` side file: ``(header, rows)``, every cell the string as written.
 
     UTF-8 (a BOM dropped), tab separated, no quoting; ``\r\n`` endings and blank lines are tolerated and a
-    short row is padded with empty cells. ValueError naming the file (and line) for an empty file or a row
-    with more cells than the header."""
+    short row is padded with empty cells. InputError (a ValueError) naming the file (and line) for an empty file or
+    a row with more cells than the header."""
     with open(path, encoding="utf-8-sig", newline="") as handle:
         lines = handle.read().split("\n")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     if not lines or not lines[0]:
-        raise ValueError(f"{path}: empty file, expected a header line 'item_id\ttitle\tdescription'")
+        raise InputError(f"{path}: empty file, expected a header line 'item_id\ttitle\tdescription'")
     header = lines[0].split("\t")
     rows = []
     for line_no, line in enumerate(lines[1:], start=2):
@@ -152,7 +153,7 @@ def read_text_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]
             continue
         cells = line.split("\t")
         if len(cells) > len(header):
-            raise ValueError(f"{path}:{line_no}: {len(cells)} tab-separated cells, the header has {len(header)}")
+            raise InputError(f"{path}:{line_no}: {len(cells)} tab-separated cells, the header has {len(header)}")
         rows.append(cells + [""] * (len(header) - len(cells)))
     return header, rows
 

@@ -12,19 +12,15 @@ from pathlib import Path
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from dataset_converters.errors import InputError as InputError  # re-exported: defined once, in the data layer
+from dataset_converters.errors import UsageError as UsageError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # the source tree's top-level properties/, or the copy an installed wheel carries inside the package (setup.py)
 PROPERTIES_DIR = next((p for p in (PACKAGE_ROOT.parent / "properties", PACKAGE_ROOT / "properties") if p.is_dir()),
                       PACKAGE_ROOT.parent / "properties")
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2 by the CLI."""
-
-
-class InputError(UsageError, ValueError):
-    """A value or file the user can fix (a checkpoint of the wrong kind, a dataset without what a model needs);
-    a ValueError too, for callers of the library functions."""
 
 
 def model_module_name(model_name: str) -> str:

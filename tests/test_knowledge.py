@@ -170,3 +170,15 @@ def test_news_prompts_change_only_the_domain_words_of_the_papers_prompts():
                                         "has given high ratings to the following movies")
         assert back.replace("click the news article", "enjoy the movie") == template.instruction
     assert "news description for the headline" in ke.KE_PROMPTS["news"]
+
+
+def test_malformed_side_file_is_one_line_naming_file_and_line(tmp_path, capsys):
+    """A row with more cells than the header: exit 2 and one line with file:line, no traceback."""
+    from dataset_converters.cli import run_main
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "bad.text").write_text("item_id\ttitle\tdescription\n1\tA\tx\n2\tB\tx\textra\n", encoding="utf-8")
+    code = run_main(ke.main, ["--dataset=bad", f"--data_path={tmp_path}", "--source=overview"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {folder / 'bad.text'}:3: 4 tab-separated cells, the header has 3"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from dataset_converters.cli import existing_dir, int_at_least, number_in, run_main
 from dataset_converters.core import clean_text, read_text_rows
 from recbole_histllm.features.files import atomic_write, feature_parser
-from recbole_histllm.utils import UsageError
+from recbole_histllm.utils import InputError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class TextTable:
         header, rows = read_text_rows(path)
         for required in ("item_id", "title"):
             if required not in header:
-                raise ValueError(f"{path}: header has no {required!r} column: {header}")
+                raise InputError(f"{path}: header has no {required!r} column: {header}")
         if "description" not in header:
             header.append("description")
             rows = [row + [""] for row in rows]
