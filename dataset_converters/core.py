@@ -182,6 +182,76 @@ def iter_lines(
             yield line_no, text.rstrip("\r\n")
 
 
+BLOCK_BYTES = 1 << 22  # bytes parsed at a time by the block parsers: memory is bounded by the block, not the file
+MAX_LINE_BYTES = 1 << 20  # a longer line is counted and skipped by read_blocks, never held whole
+
+
+def decode_line(raw: bytes, fallback: str = "latin-1") -> tuple[str, bool]:
+    """``(text, fell_back)``: ``raw`` decoded as UTF-8, else as ``fallback`` (as :func:`iter_lines` does)."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode(fallback, errors="replace"), True
+
+
+def line_bounds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(starts, ends, has_cr, stops)`` of the lines of the bytes ``a`` (uint8, ending with a newline):
+    first byte, the newline's offset, whether one ``\\r`` precedes it, and the end without it."""
+    ends = np.flatnonzero(a == 10)
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    has_cr = (ends > starts) & (a[ends - 1] == 13)
+    return starts, ends, has_cr, ends - has_cr
+
+
+def read_blocks(
+    path: str | os.PathLike,
+    report: ConversionReport | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    max_line_bytes: int | None = MAX_LINE_BYTES,
+) -> Iterator[tuple[int, bytes]]:
+    """``(number of the first line, whole lines)`` for each block of about ``block_bytes`` of ``path``.
+
+    A UTF-8 BOM at the start is dropped. Lines that are not yielded are counted in ``report`` (when
+    given) with the reasons of :func:`iter_lines`: the unterminated last line (``truncated last line``)
+    and, unless ``max_line_bytes`` is None, a line over ``max_line_bytes`` (skipped while it is read, so
+    memory stays bounded whatever the file holds).
+    """
+    line_no = 1
+    tail = b""
+    skipping = False  # inside a line over max_line_bytes
+    with open(path, "rb") as f:
+        first = True
+        while chunk := f.read(block_bytes):
+            if first and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            first = False
+            data = tail + chunk
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0:
+                    tail = b""
+                    continue
+                data, skipping, line_no = data[end + 1 :], False, line_no + 1
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if cut:
+                yield line_no, data[:cut]
+                line_no += data.count(b"\n", 0, cut)
+            if max_line_bytes is not None and len(tail) > max_line_bytes:
+                if report is not None:
+                    report.bad(path, line_no, f"line longer than {max_line_bytes} bytes (skipped)",
+                               tail[:200].decode("latin-1"))
+                tail, skipping = b"", True
+    if tail and not skipping and report is not None:
+        text, fell_back = decode_line(tail)
+        if fell_back:
+            report.note(f"{Path(path).name}: lines decoded as latin-1")
+        if text.strip():
+            report.bad(path, line_no, "truncated last line (no trailing newline)", text)
+
+
 def read_text_file(path: str | os.PathLike, report: ConversionReport, fallback: str = "cp1252") -> str:
     """Whole file as str: UTF-8 (BOM dropped), else ``fallback`` (latin-1 as last resort)."""
     data = Path(path).read_bytes()
