@@ -223,7 +223,7 @@ def read_blocks(
     skipping = False  # inside a line over max_line_bytes
     with open(path, "rb") as f:
         first = True
-        while chunk := f.read(block_bytes):
+        while chunk := f.read(max(block_bytes, 3) if first else block_bytes):
             if first and chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]
             first = False
