@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import functools
 import logging
 import os
 import re
@@ -75,7 +74,19 @@ def parse_time(value: str) -> float | None:
     return float(calendar.timegm(dt.timetuple()))
 
 
-_time_of = functools.lru_cache(maxsize=1 << 16)(parse_time)  # impressions share times
+_PLAIN_TIME = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4}) (\d{1,2}):(\d\d):(\d\d) ([AP])M", re.ASCII)
+
+
+def _time_of(value: str) -> float | None:
+    """:func:`parse_time` (same results), without strptime for the plain form ``11/15/2019 8:55:22 AM``."""
+    m = _PLAIN_TIME.fullmatch(value)
+    if m:
+        month, day, year, hour, minute, second = (int(g) for g in m.groups()[:6])
+        if (1 <= month <= 12 and 1 <= hour <= 12 and minute < 60 and second < 60 and year >= 1
+                and 1 <= day <= calendar.monthrange(year, month)[1]):
+            hour = hour % 12 + (12 if m[7] == "P" else 0)
+            return float(calendar.timegm((year, month, day, hour, minute, second)))
+    return parse_time(value)
 
 
 def _require_rows(path: Path, usable: int, what: str, report: ConversionReport) -> None:
@@ -129,15 +140,15 @@ def _check_ids(imp_id: str, user: str) -> str | None:
     return None
 
 
-def _check_time_history(time_s: str, history_s: str) -> tuple[str | None, float, list[str]]:
-    """(reason or None, timestamp, history) of a line's time and history fields (stripped)."""
+def _check_time_history(time_s: str, history_s: str, plain: bool = False) -> tuple[str | None, float]:
+    """(reason or None, timestamp) of a line's time and history fields (stripped). ``plain``: the line is
+    printable ASCII without quotes, so every whitespace-separated history id is a valid token."""
     ts = _time_of(time_s)
     if ts is None:
-        return ("missing time" if not time_s else "invalid time"), 0.0, []
-    history = history_s.split()
-    if not all(valid_token(h) for h in history):
-        return "invalid news id in history", 0.0, []
-    return None, ts, history
+        return ("missing time" if not time_s else "invalid time"), 0.0
+    if not plain and not all(valid_token(h) for h in history_s.split()):
+        return "invalid news id in history", 0.0
+    return None, ts
 
 
 def _parse_impressions(impressions_s: str) -> tuple[str | None, list[tuple[str, int]]]:
@@ -160,7 +171,7 @@ def _parse_line(text: str) -> tuple[str | None, str | None, Any]:
 
     ``(None, None, None)``: a blank line; ``(None, reason, None)``: a line that fails before the duplicate
     check (field count, impression id, user id); else ``(impression id, reason or None, (user, timestamp,
-    history, [(news id, click), ...]))``. The block scan sends here the lines that are not plain.
+    history field, [(news id, click), ...]))``. The block scan sends here the lines that are not plain.
     """
     if not text.strip():
         return None, None, None
@@ -171,11 +182,11 @@ def _parse_line(text: str) -> tuple[str | None, str | None, Any]:
     reason = _check_ids(imp_id, user)
     if reason:
         return None, reason, None
-    reason, ts, history = _check_time_history(time_s, history_s)
+    reason, ts = _check_time_history(time_s, history_s)
     parsed: list[tuple[str, int]] = []
     if reason is None:
         reason, parsed = _parse_impressions(impressions_s)
-    return imp_id, reason, (user, ts, history, parsed)
+    return imp_id, reason, (user, ts, history_s, parsed)
 
 
 # Bytes of a plain line: printable ASCII but the quotes, and the tab (whitespace is then only space and tab).
@@ -262,7 +273,7 @@ class _Behaviors:
         self.news: dict[str, int] = {}
         self.users: dict[str, int] = {}
         self.impressions: list[str] = []
-        self.prior: dict[str, tuple[float, list[str]]] = {}
+        self.prior: dict[str, tuple[float, str]] = {}
         self.parts: list[tuple[np.ndarray, ...]] = []
 
     def add_block(self, path: Path, line_no: int, buf: bytes, seen: set[str], prefix: str,
@@ -289,7 +300,7 @@ class _Behaviors:
                 if reason:
                     imp_id = None
                 elif imp_id not in seen:
-                    reason, ts, history = _check_time_history(time_s, history_s)
+                    reason, ts = _check_time_history(time_s, history_s, plain=True)
             else:
                 text, fell_back = decode_line(buf[starts[i] : ends[i] + 1])
                 if fell_back:
@@ -298,7 +309,7 @@ class _Behaviors:
                 if imp_id is None and reason is None:
                     continue  # blank
                 if value:
-                    user, ts, history, parsed = value
+                    user, ts, history_s, parsed = value
             if imp_id is not None and imp_id in seen:
                 reason = "duplicate impression id"
             if reason:
@@ -307,7 +318,7 @@ class _Behaviors:
                 continue
             seen.add(imp_id)
             if user not in self.prior or ts < self.prior[user][0]:
-                self.prior[user] = (ts, history)
+                self.prior[user] = (ts, history_s)  # split at the end
             if fast:
                 lo.append(first[i])
                 n.append(count[i])
@@ -325,26 +336,27 @@ class _Behaviors:
         lens = np.array(n, np.int64)
         take = np.repeat(np.array(lo, np.int64) - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
         codes, distinct = pd.factorize(np.array(news + extra, dtype=object)[take])
-        vocab = np.array([self.news.setdefault(v, len(self.news)) for v in distinct.tolist()], np.int64)
+        vocab = np.array([self.news.setdefault(v, len(self.news)) for v in distinct.tolist()], np.int32)
         self.parts.append((
-            np.repeat(np.array(user_codes, np.int64), lens),
+            np.repeat(np.array(user_codes, np.int32), lens),
             vocab[codes],
             np.concatenate(clicks)[take],
             np.repeat(np.array(stamps, np.float64), lens),
-            np.repeat(np.array(imp_codes, np.int64), lens),
+            np.repeat(np.array(imp_codes, np.int32), lens),
         ))
 
     def frame(self) -> pd.DataFrame:
-        """The rows in file order: user_id, item_id, label, timestamp, impression_id."""
-        cols = [np.concatenate(c) for c in zip(*self.parts)] if self.parts else [np.zeros(0, np.int64)] * 5
-        users, items, labels, stamps, imps = cols
-        return pd.DataFrame({
-            "user_id": np.array(list(self.users), dtype=object)[users],
-            "item_id": np.array(list(self.news), dtype=object)[items],
-            "label": labels.astype(np.int64),
-            "timestamp": stamps.astype(np.float64),
-            "impression_id": np.array(self.impressions, dtype=object)[imps],
-        })
+        """The rows in file order: user_id, item_id, label, timestamp, impression_id (each column built
+        from its codes, which are freed as it is built)."""
+        names = ("user_id", "item_id", "label", "timestamp", "impression_id")
+        vocabs = (list(self.users), list(self.news), None, None, self.impressions)
+        dtypes = (np.int32, np.int32, np.int64, np.float64, np.int32)
+        columns = {}
+        for k, (name, vocab, dtype) in enumerate(zip(names, vocabs, dtypes)):
+            codes = np.concatenate([part[k] for part in self.parts]) if self.parts else np.zeros(0, dtype)
+            self.parts = [(*part[:k], None, *part[k + 1 :]) for part in self.parts]
+            columns[name] = codes.astype(dtype) if vocab is None else np.array(vocab, dtype=object)[codes]
+        return pd.DataFrame(columns, copy=False)
 
 
 def load_behaviors(
@@ -362,7 +374,7 @@ def load_behaviors(
         for line_no, buf in read_blocks(path, report, block_bytes or BLOCK_BYTES, max_line_bytes=None):
             rows.add_block(path, line_no, buf, seen, prefix, report)
         _require_rows(path, len(seen), "impression lines of 5 tab-separated fields", report)
-    return rows.frame(), {u: h for u, (_, h) in rows.prior.items()}
+    return rows.frame(), {u: h.split() for u, (_, h) in rows.prior.items()}
 
 
 def build_mind(

@@ -216,3 +216,13 @@ def test_mind_scan_sends_only_plain_lines_to_the_fast_path():
     reasons = [mind._parse_line(line)[1] for line in lines[1:3]]  # the double space is fine there
     assert reasons == [None, "impressions: a token without -0/-1 click label"]
     assert mind._parse_line(lines[3])[2][3] == [("N\u00e9", 1)] and mind._parse_line(lines[4]) == (None, None, None)
+
+
+def test_mind_fast_time_matches_strptime():
+    """_time_of agrees with parse_time (strptime) on plain and unusual times, valid or not."""
+    values = [f"{m}/{d}/{y} {h}:{mi}:{s} {p}" for m in ("0", "1", "02", "12", "13") for d in ("0", "1", "29", "31")
+              for y in ("0000", "2000", "2019", "2100") for h in ("0", "00", "1", "09", "12", "13")
+              for mi in ("0", "05", "59", "60") for s in ("00", "59", "60", "61") for p in ("AM", "PM")]
+    values += ["11/15/2019 8:55:22 am", "11/15/2019  8:55:22 PM", "11/15/2019 8:55:22 XM", "11/15/2019 8:55:22",
+               "\u0661\u0661/15/2019 8:55:22 AM", "11/15/2019 8:55:22 AM ", "", "11-15-2019 8:55:22 AM"]
+    assert [mind._time_of(v) for v in values] == [mind.parse_time(v) for v in values]
