@@ -28,7 +28,7 @@ distinct news, users and impressions, so memory is the block plus a few bytes pe
 
 from __future__ import annotations
 
-import argparse
+import array
 import calendar
 import logging
 import os
@@ -42,20 +42,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from dataset_converters.cli import Parser, existing_dir, run_main
+from dataset_converters.cli import run_main
 from dataset_converters.core import (
     BLOCK_BYTES,
     ConversionReport,
-    add_common_args,
     clean_text,
-    configure_logging,
+    converter_parser,
     decode_line,
     finalize_dataset,
     find_images,
-    format_summary,
     iter_lines,
     line_bounds,
     read_blocks,
+    run_converter,
     valid_token,
 )
 
@@ -266,13 +265,16 @@ def _scan_block(buf: bytes) -> _Scan:
 
 
 class _Behaviors:
-    """Accumulates the impression rows of behaviors files block by block, as codes into vocabularies
-    (news, users, impressions), so memory is a few bytes per row plus the distinct ids."""
+    """Accumulates the impression rows of behaviors files block by block: per row a news code, the click and
+    an impression code (9 bytes); per impression its id, user code and time; so memory is a few bytes per row
+    plus the distinct ids."""
 
     def __init__(self) -> None:
         self.news: dict[str, int] = {}
         self.users: dict[str, int] = {}
         self.impressions: list[str] = []
+        self.impression_user = array.array("i")
+        self.impression_time = array.array("d")
         self.prior: dict[str, tuple[float, str]] = {}
         self.parts: list[tuple[np.ndarray, ...]] = []
 
@@ -285,12 +287,10 @@ class _Behaviors:
         clicks = [scan.clicks]
         first, count = scan.first_token.tolist(), scan.n_tokens.tolist()
         starts, ends, fields_end = scan.starts.tolist(), scan.ends.tolist(), (scan.impressions - 1).tolist()
-        # per kept line: its first token (in news + the reference lines' tokens), count, user, impression, time
+        # per kept line: its first token (in news + the reference lines' tokens), count, impression
         lo: list[int] = []
         n: list[int] = []
-        user_codes: list[int] = []
         imp_codes: list[int] = []
-        stamps: list[float] = []
         extra: list[str] = []
         for i, fast in enumerate(scan.fast.tolist()):
             if fast:
@@ -327,35 +327,40 @@ class _Behaviors:
                 n.append(len(parsed))
                 extra.extend(news_id for news_id, _ in parsed)
                 clicks.append(np.array([click for _, click in parsed], np.int8))
-            user_codes.append(self.users.setdefault(user, len(self.users)))
             imp_codes.append(len(self.impressions))
             self.impressions.append(prefix + imp_id)
-            stamps.append(ts)
+            self.impression_user.append(self.users.setdefault(user, len(self.users)))
+            self.impression_time.append(ts)
         if not lo:
             return
         lens = np.array(n, np.int64)
         take = np.repeat(np.array(lo, np.int64) - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
         codes, distinct = pd.factorize(np.array(news + extra, dtype=object)[take])
         vocab = np.array([self.news.setdefault(v, len(self.news)) for v in distinct.tolist()], np.int32)
-        self.parts.append((
-            np.repeat(np.array(user_codes, np.int32), lens),
-            vocab[codes],
-            np.concatenate(clicks)[take],
-            np.repeat(np.array(stamps, np.float64), lens),
-            np.repeat(np.array(imp_codes, np.int32), lens),
-        ))
+        self.parts.append((vocab[codes], np.concatenate(clicks)[take], np.repeat(np.array(imp_codes, np.int32), lens)))
 
     def frame(self) -> pd.DataFrame:
-        """The rows in file order: user_id, item_id, label, timestamp, impression_id (each column built
-        from its codes, which are freed as it is built)."""
-        names = ("user_id", "item_id", "label", "timestamp", "impression_id")
-        vocabs = (list(self.users), list(self.news), None, None, self.impressions)
-        dtypes = (np.int32, np.int32, np.int64, np.float64, np.int32)
-        columns = {}
-        for k, (name, vocab, dtype) in enumerate(zip(names, vocabs, dtypes)):
-            codes = np.concatenate([part[k] for part in self.parts]) if self.parts else np.zeros(0, dtype)
-            self.parts = [(*part[:k], None, *part[k + 1 :]) for part in self.parts]
-            columns[name] = codes.astype(dtype) if vocab is None else np.array(vocab, dtype=object)[codes]
+        """The rows in file order: user_id, item_id, label, timestamp, impression_id (the codes of each
+        column freed once it is built)."""
+        parts, self.parts = self.parts, []
+
+        def pop(k: int) -> np.ndarray:  # column k of the parts, dropped from them
+            column = np.concatenate([part[k] for part in parts]) if parts else np.zeros(0, np.int32)
+            parts[:] = [(*part[:k], None, *part[k + 1 :]) for part in parts]
+            return column
+
+        def series(values: np.ndarray) -> pd.Series:
+            return pd.Series(values, dtype=values.dtype, copy=False)  # a given dtype: no inference pass
+
+        items, labels, imps = pop(0), pop(1), pop(2)
+        users = np.array(list(self.users), dtype=object)[np.frombuffer(self.impression_user, np.int32)]
+        columns = {
+            "user_id": series(users[imps]),
+            "item_id": series(np.array(list(self.news), dtype=object)[items]),
+            "label": series(labels.astype(np.int64)),
+            "timestamp": series(np.frombuffer(self.impression_time, np.float64)[imps]),
+            "impression_id": series(np.array(self.impressions, dtype=object)[imps]),
+        }
         return pd.DataFrame(columns, copy=False)
 
 
@@ -427,28 +432,9 @@ def build_mind(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=existing_dir, nargs="+",
-                        help="folder(s) with behaviors.tsv and news.tsv")
-    parser.add_argument("--images", type=existing_dir, default=None, help="image folder, <news_id>.jpg")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    summary = build_mind(
-        args.raw,
-        args.out,
-        args.images,
-        max_history=args.max_history,
-        user_core=args.user_core,
-        item_core=args.item_core,
-        sample_users=args.sample_users,
-        sample_items=args.sample_items,
-        seed=args.seed,
-        missing_meta=args.missing_meta,
-        require_image=args.require_image,
-    )
-    print(format_summary(summary, Path(args.out).resolve().name))
-    return summary
+    parser = converter_parser(__doc__, "folder(s) with behaviors.tsv and news.tsv", "image folder, <news_id>.jpg",
+                              several_raw=True)
+    return run_converter(parser, argv, build_mind)
 
 
 if __name__ == "__main__":
