@@ -24,8 +24,9 @@ train: about N impression rows in impressions of about 37 distinct candidates (4
 ``--old REV`` also times the converters of git revision REV (``git archive`` of ``dataset_converters``
 into ``--workdir``), one row each beside the current one, on the same files. ``--stage parse`` times
 only the raw-file parser (MIND: ``load_behaviors`` of behaviors.tsv; Netflix: ``parse_ratings``) and
-adds what its result holds (``held MB``: arrays, and each distinct string object once), so the parser's
-own memory, peak minus held, shows whether it grows with N.
+adds what its result holds (``held MB``: arrays, each distinct string object once, and MIND's prior
+histories), so the parser's own memory, peak minus held (minus the ~75 MB of an idle interpreter with
+pandas), shows how it grows with N.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ cpu0 = use.ru_utime + use.ru_stime
 if stage == "build":
     result = getattr(module, "build_" + name)(raw, sys.argv[3], sample_users=int(sys.argv[4]) or None)
 elif name == "mind":
-    result = module.load_behaviors([raw / "behaviors.tsv"], ConversionReport())[0]
+    result, prior = module.load_behaviors([raw / "behaviors.tsv"], ConversionReport())
 else:
     result = module.parse_ratings(module.rating_files(raw), ConversionReport())
 seconds = time.perf_counter() - start
@@ -77,12 +78,13 @@ use = resource.getrusage(resource.RUSAGE_SELF)
 out = {"seconds": seconds, "cpu_seconds": use.ru_utime + use.ru_stime - cpu0, "peak_rss_mb": use.ru_maxrss / 1024}
 if stage == "build":
     out.update(rows=result["rows"], held_mb=None)
-else:  # what the parser's result holds: its arrays, and each distinct string object once
+else:  # what the parser's result holds: its arrays, and each distinct object once (MIND: and the histories)
     arrays = [result[c].to_numpy() for c in result] if name == "mind" else list(result)
     held = sum(a.nbytes for a in arrays)
-    for a in arrays:
-        if a.dtype == object:
-            held += sum(sys.getsizeof(x) for x in {id(x): x for x in a.tolist()}.values())
+    objects = {id(x): x for a in arrays if a.dtype == object for x in a.tolist()}
+    if name == "mind":
+        objects.update({id(x): x for h in prior.values() for x in (h, *h)})
+    held += sum(sys.getsizeof(x) for x in objects.values())
     out.update(rows=len(arrays[0]), held_mb=held / 2**20)
 print(json.dumps(out))
 """
