@@ -18,6 +18,7 @@ Malformed or dropped lines are counted in a :class:`ConversionReport`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -26,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dataset_converters.cli import int_at_least
+from dataset_converters.cli import Parser, existing_dir, int_at_least
 
 logger = logging.getLogger("dataset_converters")
 
@@ -785,6 +786,33 @@ def add_common_args(parser: Any, default_core: int = 0) -> None:
         "--require_image", action="store_true", help="drop rows whose item has no image (needs --images)"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+
+
+#: Options of :func:`add_common_args`, passed by name to every converter's ``build_*`` function.
+COMMON_OPTIONS = ("max_history", "user_core", "item_core", "sample_users", "sample_items", "seed", "missing_meta",
+                  "require_image")
+
+
+def converter_parser(doc: str | None, raw_help: str, images_help: str, several_raw: bool = False) -> Parser:
+    """Command line of a converter of raw folders: ``--raw`` (``several_raw``: one or more) and ``--images``;
+    the converter adds its own options, then :func:`run_converter` the common ones."""
+    parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=existing_dir, nargs="+" if several_raw else None, help=raw_help)
+    parser.add_argument("--images", type=existing_dir, default=None, help=images_help)
+    return parser
+
+
+def run_converter(parser: Parser, argv: list[str] | None, build: Callable[..., dict[str, Any]],
+                  *options: str) -> dict[str, Any]:
+    """Parse ``argv`` (the common options added to ``parser``), run ``build(raw, out, images, **common options,
+    **options)`` and print its summary table; returns the summary. ``options``: the converter's own option names."""
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    kwargs = {name: getattr(args, name) for name in (*COMMON_OPTIONS, *options)}
+    summary = build(args.raw, args.out, args.images, **kwargs)
+    print(format_summary(summary, Path(args.out).resolve().name))
+    return summary
 
 
 def read_inter(path: str | os.PathLike) -> pd.DataFrame:

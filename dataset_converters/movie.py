@@ -10,7 +10,6 @@ them); label = rating >= 4; title "Title (YYYY)"; ``overview`` kept as an extra 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -22,17 +21,16 @@ from typing import Any
 
 import pandas as pd
 
-from dataset_converters.cli import Parser, existing_dir, run_main
+from dataset_converters.cli import run_main
 from dataset_converters.core import (
     ConversionReport,
-    add_common_args,
     clean_text,
-    configure_logging,
+    converter_parser,
     finalize_dataset,
     find_images,
-    format_summary,
     iter_lines,
     read_text_file,
+    run_converter,
 )
 
 logger = logging.getLogger("dataset_converters.movie")
@@ -276,35 +274,15 @@ def build_movie(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=existing_dir, help="folder with the Kaggle csv files")
-    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movieId>.jpg")
+    parser = converter_parser(__doc__, "folder with the Kaggle csv files", "poster folder, <movieId>.jpg")
     parser.add_argument("--ratings", default=None, help="ratings file name (default ratings_small.csv, ratings.csv)")
     parser.add_argument(
         "--movielens_titles",
         default="auto",
+        type=lambda value: None if value == "none" else value,
         help="MovieLens movies file for titles missing from movies_metadata.csv ('auto': look in --raw; 'none')",
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    summary = build_movie(
-        args.raw,
-        args.out,
-        args.images,
-        ratings=args.ratings,
-        max_history=args.max_history,
-        user_core=args.user_core,
-        item_core=args.item_core,
-        sample_users=args.sample_users,
-        sample_items=args.sample_items,
-        seed=args.seed,
-        missing_meta=args.missing_meta,
-        require_image=args.require_image,
-        movielens_titles=None if args.movielens_titles == "none" else args.movielens_titles,
-    )
-    print(format_summary(summary, Path(args.out).resolve().name))
-    return summary
+    return run_converter(parser, argv, build_movie, "ratings", "movielens_titles")
 
 
 if __name__ == "__main__":

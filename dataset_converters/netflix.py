@@ -19,7 +19,6 @@ only the sampled users' ratings are held in memory (the full data has 100M ratin
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import logging
 import os
@@ -31,21 +30,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from dataset_converters.cli import Parser, existing_dir, existing_file, run_main
+from dataset_converters.cli import existing_file, run_main
 from dataset_converters.core import (
     BLOCK_BYTES,
     MAX_LINE_BYTES,
     ConversionReport,
-    add_common_args,
     clean_text,
-    configure_logging,
+    converter_parser,
     decode_line,
     finalize_dataset,
     find_images,
-    format_summary,
     iter_lines,
     line_bounds,
     read_blocks,
+    run_converter,
     sample_ids,
 )
 
@@ -395,30 +393,10 @@ def build_netflix(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=existing_dir,
-                        help="folder with combined_data_*.txt and movie_titles.csv")
+    parser = converter_parser(__doc__, "folder with combined_data_*.txt and movie_titles.csv",
+                              "poster folder, <movie_id>.jpg")
     parser.add_argument("--titles", type=existing_file, default=None, help="movie_titles.csv (default: in --raw)")
-    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movie_id>.jpg")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    summary = build_netflix(
-        args.raw,
-        args.out,
-        args.images,
-        titles=args.titles,
-        max_history=args.max_history,
-        user_core=args.user_core,
-        item_core=args.item_core,
-        sample_users=args.sample_users,
-        sample_items=args.sample_items,
-        seed=args.seed,
-        missing_meta=args.missing_meta,
-        require_image=args.require_image,
-    )
-    print(format_summary(summary, Path(args.out).resolve().name))
-    return summary
+    return run_converter(parser, argv, build_netflix, "titles")
 
 
 if __name__ == "__main__":
