@@ -24,12 +24,13 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,8 @@ from dataset_converters.cli import Parser, existing_dir, int_at_least
 
 logger = logging.getLogger("dataset_converters")
 
+LIKE_THRESHOLD = 4  # label = rating >= 4 (movie ratings on a 1..5 scale)
+INT_RE = re.compile(r"^\d+$")  # an id of ASCII digits
 INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
 INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\thistory:token_seq"
 #: Optional interaction columns a converter may add (written after :data:`INTER_COLUMNS` when present).
@@ -788,9 +791,34 @@ def add_common_args(parser: Any, default_core: int = 0) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-#: Options of :func:`add_common_args`, passed by name to every converter's ``build_*`` function.
-COMMON_OPTIONS = ("max_history", "user_core", "item_core", "sample_users", "sample_items", "seed", "missing_meta",
-                  "require_image")
+class ConvertOptions(TypedDict, total=False):
+    """Options every converter's ``build_*`` function takes by name (:func:`add_common_args` on the command line);
+    :func:`finalize_options` fills the defaults."""
+
+    max_history: int  # liked items kept per row (20)
+    user_core: int  # k-core on users (0: off)
+    item_core: int  # k-core on items (0: off)
+    sample_users: int | None  # keep N random users (None: all)
+    sample_items: int | None  # keep N random items (None: all)
+    seed: int  # sampling seed (2024)
+    missing_meta: str  # rows whose item has no metadata: "keep" or "drop" (default)
+    require_image: bool  # drop rows whose item has no image (False)
+
+
+#: The defaults of :class:`ConvertOptions` (those of :func:`finalize_dataset`).
+CONVERT_DEFAULTS: ConvertOptions = {"max_history": 20, "user_core": 0, "item_core": 0, "sample_users": None,
+                                    "sample_items": None, "seed": 2024, "missing_meta": "drop", "require_image": False}
+COMMON_OPTIONS = tuple(CONVERT_DEFAULTS)
+
+
+def finalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`finalize_dataset`'s keyword arguments for a converter's :class:`ConvertOptions` (defaults filled,
+    ``sample_users``/``sample_items`` as ``n_users``/``n_items``); an unknown option raises TypeError."""
+    unknown = sorted(set(options) - set(CONVERT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unexpected option(s): {', '.join(unknown)}")
+    renamed = {"sample_users": "n_users", "sample_items": "n_items"}
+    return {renamed.get(k, k): v for k, v in {**CONVERT_DEFAULTS, **options}.items()}
 
 
 def converter_parser(doc: str | None, raw_help: str, images_help: str, several_raw: bool = False) -> Parser:

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 import numpy as np
 import pandas as pd
@@ -46,10 +46,12 @@ from dataset_converters.cli import run_main
 from dataset_converters.core import (
     BLOCK_BYTES,
     ConversionReport,
+    ConvertOptions,
     clean_text,
     converter_parser,
     decode_line,
     finalize_dataset,
+    finalize_options,
     find_images,
     iter_lines,
     line_bounds,
@@ -386,15 +388,7 @@ def build_mind(
     raw_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     images: str | os.PathLike | None = None,
-    *,
-    max_history: int = 20,
-    user_core: int = 0,
-    item_core: int = 0,
-    sample_users: int | None = None,
-    sample_items: int | None = None,
-    seed: int = 2024,
-    missing_meta: str = "drop",
-    require_image: bool = False,
+    **options: Unpack[ConvertOptions],
 ) -> dict[str, Any]:
     """Convert MIND folder(s) into ``out_dir``; returns the summary."""
     if isinstance(raw_dirs, (str, os.PathLike)):
@@ -412,22 +406,15 @@ def build_mind(
         inter,
         news,
         out_dir,
-        max_history=max_history,
-        user_core=user_core,
-        item_core=item_core,
-        n_users=sample_users,
-        n_items=sample_items,
-        seed=seed,
-        missing_meta=missing_meta,
         dedupe_keys=("impression_id", "item_id"),
         prior_history=prior,
         image_items=image_items,
-        require_image=require_image,
         report=report,
         extra={
             "source": [str(r) for r in raws],
             "label_rule": "click",
         },
+        **finalize_options(options),
     )
 
 

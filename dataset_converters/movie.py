@@ -17,16 +17,20 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pandas as pd
 
 from dataset_converters.cli import run_main
 from dataset_converters.core import (
+    INT_RE,
+    LIKE_THRESHOLD,
     ConversionReport,
+    ConvertOptions,
     clean_text,
     converter_parser,
     finalize_dataset,
+    finalize_options,
     find_images,
     iter_lines,
     read_text_file,
@@ -35,8 +39,6 @@ from dataset_converters.core import (
 
 logger = logging.getLogger("dataset_converters.movie")
 
-LIKE_THRESHOLD = 4.0
-_INT_RE = re.compile(r"^\d+$")
 _YEAR_RE = re.compile(r"^(\d{4})")
 
 
@@ -45,7 +47,7 @@ def _int_id(value: str) -> str | None:
     value = value.strip()
     if value.endswith(".0"):
         value = value[:-2]
-    if not _INT_RE.match(value):
+    if not INT_RE.match(value):
         return None
     return str(int(value))
 
@@ -68,7 +70,7 @@ def load_ratings(path: Path, report: ConversionReport) -> pd.DataFrame:
     width = 4
     for line_no, line in iter_lines(path, report):
         fields = line.split(",")
-        if line_no == 1 and not _INT_RE.match(fields[0].strip()):
+        if line_no == 1 and not INT_RE.match(fields[0].strip()):
             names = [f.strip() for f in fields]
             if not set(col) <= set(names):
                 raise ValueError(f"{path}: header must name {sorted(col)}, got {names}")
@@ -212,15 +214,8 @@ def build_movie(
     images: str | os.PathLike | None = None,
     *,
     ratings: str | None = None,
-    max_history: int = 20,
-    user_core: int = 0,
-    item_core: int = 0,
-    sample_users: int | None = None,
-    sample_items: int | None = None,
-    seed: int = 2024,
-    missing_meta: str = "drop",
-    require_image: bool = False,
     movielens_titles: str | os.PathLike | None = "auto",
+    **options: Unpack[ConvertOptions],
 ) -> dict[str, Any]:
     """Convert The Movies Dataset in ``raw_dir`` into ``out_dir``; returns the summary.
 
@@ -255,21 +250,14 @@ def build_movie(
         inter,
         items,
         out_dir,
-        max_history=max_history,
-        user_core=user_core,
-        item_core=item_core,
-        n_users=sample_users,
-        n_items=sample_items,
-        seed=seed,
-        missing_meta=missing_meta,
         image_items=image_items,
-        require_image=require_image,
         report=report,
         extra={
             "source": str(raw),
             "ratings_file": ratings_path.name,
             "label_rule": "rating >= 4",
         },
+        **finalize_options(options),
     )
 
 

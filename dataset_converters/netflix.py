@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,16 @@ import pandas as pd
 from dataset_converters.cli import existing_file, run_main
 from dataset_converters.core import (
     BLOCK_BYTES,
+    INT_RE,
+    LIKE_THRESHOLD,
     MAX_LINE_BYTES,
     ConversionReport,
+    ConvertOptions,
     clean_text,
     converter_parser,
     decode_line,
     finalize_dataset,
+    finalize_options,
     find_images,
     iter_lines,
     line_bounds,
@@ -49,9 +53,7 @@ from dataset_converters.core import (
 
 logger = logging.getLogger("dataset_converters.netflix")
 
-LIKE_THRESHOLD = 4
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-_INT_RE = re.compile(r"^\d+$")
 
 
 def date_to_timestamp(value: str) -> float | None:
@@ -112,14 +114,14 @@ def _parse_line(text: str) -> tuple[int, Any]:
         return _BLANK, None
     if line.endswith(":"):
         head = line[:-1].strip()
-        if not _INT_RE.match(head):
+        if not INT_RE.match(head):
             return _BAD_HEADER, "invalid movie header"
         return (_HEADER, int(head)) if int(head) <= _INT64_MAX else (_BAD_HEADER, "movie id out of range")
     fields = line.split(",")
     if len(fields) != 3:
         return _BAD, f"expected 3 fields, got {len(fields)}"
     user, rating, date = (f.strip() for f in fields)
-    if not _INT_RE.match(user):
+    if not INT_RE.match(user):
         return _BAD_RATING, "non-numeric customer id"
     if rating not in ("1", "2", "3", "4", "5"):
         return _BAD_RATING, "rating not in 1..5"
@@ -309,7 +311,7 @@ def load_titles(path: Path, report: ConversionReport) -> pd.DataFrame:
             report.bad(path, line_no, "expected id,year,title", line)
             continue
         movie, year, title = parts[0].strip(), parts[1].strip(), clean_text(parts[2])
-        if not _INT_RE.match(movie):
+        if not INT_RE.match(movie):
             if line_no == 1:  # a header line
                 continue
             report.bad(path, line_no, "non-numeric movie id", line)
@@ -322,7 +324,7 @@ def load_titles(path: Path, report: ConversionReport) -> pd.DataFrame:
             report.bad(path, line_no, "duplicate movie id", line)
             continue
         seen.add(movie)
-        if _INT_RE.match(year):
+        if INT_RE.match(year):
             title = f"{title} ({year})"
         elif year.upper() != "NULL" and year:
             report.note(f"{path.name}: non-numeric year ignored")
@@ -336,16 +338,11 @@ def build_netflix(
     images: str | os.PathLike | None = None,
     *,
     titles: str | os.PathLike | None = None,
-    max_history: int = 20,
-    user_core: int = 0,
-    item_core: int = 0,
-    sample_users: int | None = None,
-    sample_items: int | None = None,
-    seed: int = 2024,
-    missing_meta: str = "drop",
-    require_image: bool = False,
+    **options: Unpack[ConvertOptions],
 ) -> dict[str, Any]:
     """Convert the Netflix Prize files in ``raw_dir`` into ``out_dir``; returns the summary."""
+    kwargs = finalize_options(options)
+    sample_users, seed, missing_meta = kwargs.pop("n_users"), kwargs["seed"], kwargs["missing_meta"]
     raw = Path(raw_dir)
     report = ConversionReport()
     files = rating_files(raw)
@@ -376,19 +373,13 @@ def build_netflix(
         inter,
         items,
         out_dir,
-        max_history=max_history,
-        user_core=user_core,
-        item_core=item_core,
-        n_items=sample_items,
-        seed=seed,
-        missing_meta=missing_meta,
         image_items=image_items,
-        require_image=require_image,
         report=report,
         extra={
             "source": str(raw),
             "label_rule": "rating >= 4",
         },
+        **kwargs,
     )
 
 
