@@ -18,27 +18,31 @@ Malformed or dropped lines are counted in a :class:`ConversionReport`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dataset_converters.cli import int_at_least
+from dataset_converters.cli import Parser, existing_dir, int_at_least
 from dataset_converters.errors import InputError
 
 logger = logging.getLogger("dataset_converters")
 
+LIKE_THRESHOLD = 4  # label = rating >= 4 (movie ratings on a 1..5 scale)
+INT_RE = re.compile(r"^\d+$")  # an id of ASCII digits
 INTER_COLUMNS = ("user_id", "item_id", "label", "timestamp", "history")
 INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\thistory:token_seq"
 #: Optional interaction columns a converter may add (written after :data:`INTER_COLUMNS` when present).
@@ -197,6 +201,76 @@ def iter_lines(
                     report.bad(path, line_no, "truncated last line (no trailing newline)", text)
                 continue
             yield line_no, text.rstrip("\r\n")
+
+
+BLOCK_BYTES = 1 << 22  # bytes parsed at a time by the block parsers: memory is bounded by the block, not the file
+MAX_LINE_BYTES = 1 << 20  # a longer line is counted and skipped by read_blocks, never held whole
+
+
+def decode_line(raw: bytes, fallback: str = "latin-1") -> tuple[str, bool]:
+    """``(text, fell_back)``: ``raw`` decoded as UTF-8, else as ``fallback`` (as :func:`iter_lines` does)."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode(fallback, errors="replace"), True
+
+
+def line_bounds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(starts, ends, has_cr, stops)`` of the lines of the bytes ``a`` (uint8, ending with a newline):
+    first byte, the newline's offset, whether one ``\\r`` precedes it, and the end without it."""
+    ends = np.flatnonzero(a == 10)
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    has_cr = (ends > starts) & (a[ends - 1] == 13)
+    return starts, ends, has_cr, ends - has_cr
+
+
+def read_blocks(
+    path: str | os.PathLike,
+    report: ConversionReport | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    max_line_bytes: int | None = MAX_LINE_BYTES,
+) -> Iterator[tuple[int, bytes]]:
+    """``(number of the first line, whole lines)`` for each block of about ``block_bytes`` of ``path``.
+
+    A UTF-8 BOM at the start is dropped. Lines that are not yielded are counted in ``report`` (when
+    given) with the reasons of :func:`iter_lines`: the unterminated last line (``truncated last line``)
+    and, unless ``max_line_bytes`` is None, a line over ``max_line_bytes`` (skipped while it is read, so
+    memory stays bounded whatever the file holds).
+    """
+    line_no = 1
+    tail = b""
+    skipping = False  # inside a line over max_line_bytes
+    with open(path, "rb") as f:
+        first = True
+        while chunk := f.read(max(block_bytes, 3) if first else block_bytes):
+            if first and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            first = False
+            data = tail + chunk
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0:
+                    tail = b""
+                    continue
+                data, skipping, line_no = data[end + 1 :], False, line_no + 1
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if cut:
+                yield line_no, data[:cut]
+                line_no += data.count(b"\n", 0, cut)
+            if max_line_bytes is not None and len(tail) > max_line_bytes:
+                if report is not None:
+                    report.bad(path, line_no, f"line longer than {max_line_bytes} bytes (skipped)",
+                               tail[:200].decode("latin-1"))
+                tail, skipping = b"", True
+    if tail and not skipping and report is not None:
+        text, fell_back = decode_line(tail)
+        if fell_back:
+            report.note(f"{Path(path).name}: lines decoded as latin-1")
+        if text.strip():
+            report.bad(path, line_no, "truncated last line (no trailing newline)", text)
 
 
 def read_text_file(path: str | os.PathLike, report: ConversionReport, fallback: str = "cp1252") -> str:
@@ -732,6 +806,58 @@ def add_common_args(parser: Any, default_core: int = 0) -> None:
         "--require_image", action="store_true", help="drop rows whose item has no image (needs --images)"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+
+
+class ConvertOptions(TypedDict, total=False):
+    """Options every converter's ``build_*`` function takes by name (:func:`add_common_args` on the command line);
+    :func:`finalize_options` fills the defaults."""
+
+    max_history: int  # liked items kept per row (20)
+    user_core: int  # k-core on users (0: off)
+    item_core: int  # k-core on items (0: off)
+    sample_users: int | None  # keep N random users (None: all)
+    sample_items: int | None  # keep N random items (None: all)
+    seed: int  # sampling seed (2024)
+    missing_meta: str  # rows whose item has no metadata: "keep" or "drop" (default)
+    require_image: bool  # drop rows whose item has no image (False)
+
+
+#: The defaults of :class:`ConvertOptions` (those of :func:`finalize_dataset`).
+CONVERT_DEFAULTS: ConvertOptions = {"max_history": 20, "user_core": 0, "item_core": 0, "sample_users": None,
+                                    "sample_items": None, "seed": 2024, "missing_meta": "drop", "require_image": False}
+COMMON_OPTIONS = tuple(CONVERT_DEFAULTS)
+
+
+def finalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`finalize_dataset`'s keyword arguments for a converter's :class:`ConvertOptions` (defaults filled,
+    ``sample_users``/``sample_items`` as ``n_users``/``n_items``); an unknown option raises TypeError."""
+    unknown = sorted(set(options) - set(CONVERT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unexpected option(s): {', '.join(unknown)}")
+    renamed = {"sample_users": "n_users", "sample_items": "n_items"}
+    return {renamed.get(k, k): v for k, v in {**CONVERT_DEFAULTS, **options}.items()}
+
+
+def converter_parser(doc: str | None, raw_help: str, images_help: str, several_raw: bool = False) -> Parser:
+    """Command line of a converter of raw folders: ``--raw`` (``several_raw``: one or more) and ``--images``;
+    the converter adds its own options, then :func:`run_converter` the common ones."""
+    parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=existing_dir, nargs="+" if several_raw else None, help=raw_help)
+    parser.add_argument("--images", type=existing_dir, default=None, help=images_help)
+    return parser
+
+
+def run_converter(parser: Parser, argv: list[str] | None, build: Callable[..., dict[str, Any]],
+                  *options: str) -> dict[str, Any]:
+    """Parse ``argv`` (the common options added to ``parser``), run ``build(raw, out, images, **common options,
+    **options)`` and print its summary table; returns the summary. ``options``: the converter's own option names."""
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    kwargs = {name: getattr(args, name) for name in (*COMMON_OPTIONS, *options)}
+    summary = build(args.raw, args.out, args.images, **kwargs)
+    print(format_summary(summary, Path(args.out).resolve().name))
+    return summary
 
 
 def read_inter(path: str | os.PathLike) -> pd.DataFrame:

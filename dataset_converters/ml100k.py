@@ -19,6 +19,7 @@ import pandas as pd
 
 from dataset_converters.cli import Parser, int_at_least, run_main
 from dataset_converters.core import (
+    LIKE_THRESHOLD,
     ConversionReport,
     configure_logging,
     finalize_dataset,
@@ -27,8 +28,6 @@ from dataset_converters.core import (
 )
 
 logger = logging.getLogger("dataset_converters.ml100k")
-
-LIKE_THRESHOLD = 4.0
 
 
 def recbole_ml100k_dir() -> Path:

@@ -10,7 +10,6 @@ them); label = rating >= 4; title "Title (YYYY)"; ``overview`` kept as an extra 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -18,27 +17,28 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pandas as pd
 
-from dataset_converters.cli import Parser, existing_dir, run_main
+from dataset_converters.cli import run_main
 from dataset_converters.core import (
+    INT_RE,
+    LIKE_THRESHOLD,
     ConversionReport,
-    add_common_args,
+    ConvertOptions,
     clean_text,
-    configure_logging,
+    converter_parser,
     finalize_dataset,
+    finalize_options,
     find_images,
-    format_summary,
     iter_lines,
     read_text_file,
+    run_converter,
 )
 
 logger = logging.getLogger("dataset_converters.movie")
 
-LIKE_THRESHOLD = 4.0
-_INT_RE = re.compile(r"^\d+$")
 _YEAR_RE = re.compile(r"^(\d{4})")
 
 
@@ -47,7 +47,7 @@ def _int_id(value: str) -> str | None:
     value = value.strip()
     if value.endswith(".0"):
         value = value[:-2]
-    if not _INT_RE.match(value):
+    if not INT_RE.match(value):
         return None
     return str(int(value))
 
@@ -70,7 +70,7 @@ def load_ratings(path: Path, report: ConversionReport) -> pd.DataFrame:
     width = 4
     for line_no, line in iter_lines(path, report):
         fields = line.split(",")
-        if line_no == 1 and not _INT_RE.match(fields[0].strip()):
+        if line_no == 1 and not INT_RE.match(fields[0].strip()):
             names = [f.strip() for f in fields]
             if not set(col) <= set(names):
                 raise ValueError(f"{path}: header must name {sorted(col)}, got {names}")
@@ -214,15 +214,8 @@ def build_movie(
     images: str | os.PathLike | None = None,
     *,
     ratings: str | None = None,
-    max_history: int = 20,
-    user_core: int = 0,
-    item_core: int = 0,
-    sample_users: int | None = None,
-    sample_items: int | None = None,
-    seed: int = 2024,
-    missing_meta: str = "drop",
-    require_image: bool = False,
     movielens_titles: str | os.PathLike | None = "auto",
+    **options: Unpack[ConvertOptions],
 ) -> dict[str, Any]:
     """Convert The Movies Dataset in ``raw_dir`` into ``out_dir``; returns the summary.
 
@@ -257,54 +250,27 @@ def build_movie(
         inter,
         items,
         out_dir,
-        max_history=max_history,
-        user_core=user_core,
-        item_core=item_core,
-        n_users=sample_users,
-        n_items=sample_items,
-        seed=seed,
-        missing_meta=missing_meta,
         image_items=image_items,
-        require_image=require_image,
         report=report,
         extra={
             "source": str(raw),
             "ratings_file": ratings_path.name,
             "label_rule": "rating >= 4",
         },
+        **finalize_options(options),
     )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=existing_dir, help="folder with the Kaggle csv files")
-    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movieId>.jpg")
+    parser = converter_parser(__doc__, "folder with the Kaggle csv files", "poster folder, <movieId>.jpg")
     parser.add_argument("--ratings", default=None, help="ratings file name (default ratings_small.csv, ratings.csv)")
     parser.add_argument(
         "--movielens_titles",
         default="auto",
+        type=lambda value: None if value == "none" else value,
         help="MovieLens movies file for titles missing from movies_metadata.csv ('auto': look in --raw; 'none')",
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    summary = build_movie(
-        args.raw,
-        args.out,
-        args.images,
-        ratings=args.ratings,
-        max_history=args.max_history,
-        user_core=args.user_core,
-        item_core=args.item_core,
-        sample_users=args.sample_users,
-        sample_items=args.sample_items,
-        seed=args.seed,
-        missing_meta=args.missing_meta,
-        require_image=args.require_image,
-        movielens_titles=None if args.movielens_titles == "none" else args.movielens_titles,
-    )
-    print(format_summary(summary, Path(args.out).resolve().name))
-    return summary
+    return run_converter(parser, argv, build_movie, "ratings", "movielens_titles")
 
 
 if __name__ == "__main__":

@@ -19,37 +19,41 @@ only the sampled users' ratings are held in memory (the full data has 100M ratin
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 import numpy as np
 import pandas as pd
 
-from dataset_converters.cli import Parser, existing_dir, existing_file, run_main
+from dataset_converters.cli import existing_file, run_main
 from dataset_converters.core import (
+    BLOCK_BYTES,
+    INT_RE,
+    LIKE_THRESHOLD,
+    MAX_LINE_BYTES,
     ConversionReport,
-    add_common_args,
+    ConvertOptions,
     clean_text,
-    configure_logging,
+    converter_parser,
+    decode_line,
     finalize_dataset,
+    finalize_options,
     find_images,
-    format_summary,
     iter_lines,
+    line_bounds,
+    read_blocks,
+    run_converter,
     sample_ids,
 )
 
 logger = logging.getLogger("dataset_converters.netflix")
 
-LIKE_THRESHOLD = 4
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-_INT_RE = re.compile(r"^\d+$")
 
 
 def date_to_timestamp(value: str) -> float | None:
@@ -80,8 +84,6 @@ def rating_files(raw: Path) -> list[Path]:
 _BLANK, _HEADER, _BAD_HEADER, _RATING, _BAD_RATING, _BAD = range(6)
 _NO_MOVIE = "rating without a valid movie header"
 _INT64_MAX = 2**63 - 1
-BLOCK_BYTES = 1 << 22  # bytes parsed at a time: memory is bounded by the block, not the file
-MAX_LINE_BYTES = 1 << 20  # a longer line is counted and skipped, never held whole
 _DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334], dtype=np.int64)
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
@@ -112,14 +114,14 @@ def _parse_line(text: str) -> tuple[int, Any]:
         return _BLANK, None
     if line.endswith(":"):
         head = line[:-1].strip()
-        if not _INT_RE.match(head):
+        if not INT_RE.match(head):
             return _BAD_HEADER, "invalid movie header"
         return (_HEADER, int(head)) if int(head) <= _INT64_MAX else (_BAD_HEADER, "movie id out of range")
     fields = line.split(",")
     if len(fields) != 3:
         return _BAD, f"expected 3 fields, got {len(fields)}"
     user, rating, date = (f.strip() for f in fields)
-    if not _INT_RE.match(user):
+    if not INT_RE.match(user):
         return _BAD_RATING, "non-numeric customer id"
     if rating not in ("1", "2", "3", "4", "5"):
         return _BAD_RATING, "rating not in 1..5"
@@ -158,12 +160,7 @@ def _scan_block(buf: bytes, carry_movie: int) -> tuple[Ratings, list[tuple[int, 
     in force after the block (-1: none) and the indices of lines decoded as latin-1.
     """
     a = np.frombuffer(buf, np.uint8)
-    ends = np.flatnonzero(a == 10)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    has_cr = (ends > starts) & (a[ends - 1] == 13)
-    stop = ends - has_cr  # one trailing \r dropped
+    starts, ends, has_cr, stop = line_bounds(a)  # stop: one trailing \r dropped
     length = stop - starts
     n = len(ends)
     # the class counts of each line without its \r\n (meaningful for lines up to 31 bytes)
@@ -207,11 +204,8 @@ def _scan_block(buf: bytes, carry_movie: int) -> tuple[Ratings, list[tuple[int, 
     texts: dict[int, str] = {}
     latin1: list[int] = []
     for i in np.flatnonzero(kind == -1).tolist():
-        raw = buf[starts[i] : ends[i] + 1]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1", errors="replace")
+        text, fell_back = decode_line(buf[starts[i] : ends[i] + 1])
+        if fell_back:
             latin1.append(i)
         texts[i] = text.rstrip("\r\n").strip()
         k, v = _parse_line(text.rstrip("\r\n"))
@@ -242,39 +236,6 @@ def _scan_block(buf: bytes, carry_movie: int) -> tuple[Ratings, list[tuple[int, 
     return ratings, bad, int(movie[-1]), latin1
 
 
-def _read_blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes, str, bytes]]:
-    """``(line number, whole lines, "", b"")`` for each block of ``path`` (a UTF-8 BOM at the start
-    dropped), and ``(line number, b"", problem, text)`` for a line that is not parsed: ``"tail"`` (the
-    unterminated last line) or ``"long"`` (a line over ``MAX_LINE_BYTES``: skipped, so memory stays
-    bounded whatever the file holds)."""
-    line_no = 1
-    tail = b""
-    skipping = False  # inside a line over MAX_LINE_BYTES
-    with open(path, "rb") as f:
-        first = True
-        while chunk := f.read(block_bytes):
-            if first and chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]
-            first = False
-            data = tail + chunk
-            if skipping:
-                end = data.find(b"\n")
-                if end < 0:
-                    tail = b""
-                    continue
-                data, skipping, line_no = data[end + 1 :], False, line_no + 1
-            cut = data.rfind(b"\n") + 1
-            tail = data[cut:]
-            if cut:
-                yield line_no, data[:cut], "", b""
-                line_no += data.count(b"\n", 0, cut)
-            if len(tail) > MAX_LINE_BYTES:
-                yield line_no, b"", "long", tail[:200]
-                tail, skipping = b"", True
-    if not skipping:
-        yield line_no, b"", "tail", tail
-
-
 def parse_ratings(
     files: list[Path],
     report: ConversionReport,
@@ -292,22 +253,7 @@ def parse_ratings(
             report.bad(path, 0, "empty file")
             continue
         movie = -1  # each file starts without a movie
-        for line_no, buf, problem, tail in _read_blocks(path, block_bytes or BLOCK_BYTES):
-            if problem == "long":
-                report.bad(path, line_no, f"line longer than {MAX_LINE_BYTES} bytes (skipped)",
-                           tail.decode("latin-1"))
-                continue
-            if tail:
-                try:
-                    text = tail.decode("utf-8")
-                except UnicodeDecodeError:
-                    text = tail.decode("latin-1", errors="replace")
-                    report.note(f"{path.name}: lines decoded as latin-1")
-                if text.strip():
-                    report.bad(path, line_no, "truncated last line (no trailing newline)", text)
-                continue
-            if not buf:
-                continue
+        for line_no, buf in read_blocks(path, report, block_bytes or BLOCK_BYTES, MAX_LINE_BYTES):
             got, bad, movie, latin1_lines = _scan_block(buf, movie)
             bad_at = {i: (reason, text) for i, reason, text in bad}
             latin1 = set(latin1_lines)
@@ -343,14 +289,13 @@ def _unique_users(files: list[Path], block_bytes: int | None = None) -> np.ndarr
         if path.stat().st_size == 0:
             continue
         movie = -1
-        for _, buf, _, _ in _read_blocks(path, block_bytes or BLOCK_BYTES):
-            if buf:
-                got, _, movie, _ = _scan_block(buf, movie)
-                parts.append(_distinct(got.user))
-                pending += len(parts[-1])
-                if pending > 4 * merged + 1_000_000:
-                    parts = [_distinct(np.concatenate(parts))]
-                    merged = pending = len(parts[0])
+        for _, buf in read_blocks(path, None, block_bytes or BLOCK_BYTES, MAX_LINE_BYTES):
+            got, _, movie, _ = _scan_block(buf, movie)
+            parts.append(_distinct(got.user))
+            pending += len(parts[-1])
+            if pending > 4 * merged + 1_000_000:
+                parts = [_distinct(np.concatenate(parts))]
+                merged = pending = len(parts[0])
     return _distinct(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
@@ -366,7 +311,7 @@ def load_titles(path: Path, report: ConversionReport) -> pd.DataFrame:
             report.bad(path, line_no, "expected id,year,title", line)
             continue
         movie, year, title = parts[0].strip(), parts[1].strip(), clean_text(parts[2])
-        if not _INT_RE.match(movie):
+        if not INT_RE.match(movie):
             if line_no == 1:  # a header line
                 continue
             report.bad(path, line_no, "non-numeric movie id", line)
@@ -379,7 +324,7 @@ def load_titles(path: Path, report: ConversionReport) -> pd.DataFrame:
             report.bad(path, line_no, "duplicate movie id", line)
             continue
         seen.add(movie)
-        if _INT_RE.match(year):
+        if INT_RE.match(year):
             title = f"{title} ({year})"
         elif year.upper() != "NULL" and year:
             report.note(f"{path.name}: non-numeric year ignored")
@@ -393,16 +338,11 @@ def build_netflix(
     images: str | os.PathLike | None = None,
     *,
     titles: str | os.PathLike | None = None,
-    max_history: int = 20,
-    user_core: int = 0,
-    item_core: int = 0,
-    sample_users: int | None = None,
-    sample_items: int | None = None,
-    seed: int = 2024,
-    missing_meta: str = "drop",
-    require_image: bool = False,
+    **options: Unpack[ConvertOptions],
 ) -> dict[str, Any]:
     """Convert the Netflix Prize files in ``raw_dir`` into ``out_dir``; returns the summary."""
+    kwargs = finalize_options(options)
+    sample_users, seed, missing_meta = kwargs.pop("n_users"), kwargs["seed"], kwargs["missing_meta"]
     raw = Path(raw_dir)
     report = ConversionReport()
     files = rating_files(raw)
@@ -433,47 +373,21 @@ def build_netflix(
         inter,
         items,
         out_dir,
-        max_history=max_history,
-        user_core=user_core,
-        item_core=item_core,
-        n_items=sample_items,
-        seed=seed,
-        missing_meta=missing_meta,
         image_items=image_items,
-        require_image=require_image,
         report=report,
         extra={
             "source": str(raw),
             "label_rule": "rating >= 4",
         },
+        **kwargs,
     )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=existing_dir,
-                        help="folder with combined_data_*.txt and movie_titles.csv")
+    parser = converter_parser(__doc__, "folder with combined_data_*.txt and movie_titles.csv",
+                              "poster folder, <movie_id>.jpg")
     parser.add_argument("--titles", type=existing_file, default=None, help="movie_titles.csv (default: in --raw)")
-    parser.add_argument("--images", type=existing_dir, default=None, help="poster folder, <movie_id>.jpg")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    summary = build_netflix(
-        args.raw,
-        args.out,
-        args.images,
-        titles=args.titles,
-        max_history=args.max_history,
-        user_core=args.user_core,
-        item_core=args.item_core,
-        sample_users=args.sample_users,
-        sample_items=args.sample_items,
-        seed=args.seed,
-        missing_meta=args.missing_meta,
-        require_image=args.require_image,
-    )
-    print(format_summary(summary, Path(args.out).resolve().name))
-    return summary
+    return run_converter(parser, argv, build_netflix, "titles")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ seconds and peak RSS (the child's ``ru_maxrss``), also per million ratings, so t
     OMP_NUM_THREADS=1 python scripts/converter_bench.py --sizes 1M,3M,10M [--sample_users 5000]
     python scripts/converter_bench.py --sizes 1M --repo /path/to/other/checkout   # another version's converter
     python scripts/converter_bench.py --dataset mind --sizes 300k,1M               # MIND: N impression rows
+    python scripts/converter_bench.py --dataset mind --sizes 1M,4M --stage parse --old 9520623  # old vs new
 
 The synthetic files look like the first N ratings of the prize files (which are sorted by movie): about
 5,628 ratings per movie (17,770 movies for 100M), raters drawn from 480,189 customers (ids in
@@ -19,14 +20,23 @@ the steadier figure.
 ``--dataset mind`` writes MIND-format ``behaviors.tsv`` and ``news.tsv`` instead, shaped like MINDsmall
 train: about N impression rows in impressions of about 37 distinct candidates (4% clicked), up to
 50,000 users whose history (0-50 news) every impression line repeats, up to 51,282 news.
+
+``--old REV`` also times the converters of git revision REV (``git archive`` of ``dataset_converters``
+into ``--workdir``), one row each beside the current one, on the same files. ``--stage parse`` times
+only the raw-file parser (MIND: ``load_behaviors`` of behaviors.tsv; Netflix: ``parse_ratings``) and
+adds what its result holds (``held MB``: arrays, each distinct string object once, and MIND's prior
+histories), so the parser's own memory, peak minus held (minus the ~75 MB of an idle interpreter with
+pandas), shows how it grows with N.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -49,17 +59,34 @@ MIND_NEWS, MIND_USERS, MIND_CANDIDATES, MIND_CLICK_P = 51_282, 50_000, 37, 0.04
 
 CHILD = """
 import importlib, json, resource, sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-name = sys.argv[5]
-build = getattr(importlib.import_module("dataset_converters." + name), "build_" + name)
+from dataset_converters.core import ConversionReport
+name, stage, raw = sys.argv[5], sys.argv[6], Path(sys.argv[2])
+module = importlib.import_module("dataset_converters." + name)
 start = time.perf_counter()
 use = resource.getrusage(resource.RUSAGE_SELF)
 cpu0 = use.ru_utime + use.ru_stime
-summary = build(sys.argv[2], sys.argv[3], sample_users=int(sys.argv[4]) or None)
+if stage == "build":
+    result = getattr(module, "build_" + name)(raw, sys.argv[3], sample_users=int(sys.argv[4]) or None)
+elif name == "mind":
+    result, prior = module.load_behaviors([raw / "behaviors.tsv"], ConversionReport())
+else:
+    result = module.parse_ratings(module.rating_files(raw), ConversionReport())
 seconds = time.perf_counter() - start
 use = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"seconds": seconds, "cpu_seconds": use.ru_utime + use.ru_stime - cpu0,
-                  "peak_rss_mb": use.ru_maxrss / 1024, "rows": summary["rows"], "user": summary["user"]}))
+out = {"seconds": seconds, "cpu_seconds": use.ru_utime + use.ru_stime - cpu0, "peak_rss_mb": use.ru_maxrss / 1024}
+if stage == "build":
+    out.update(rows=result["rows"], held_mb=None)
+else:  # what the parser's result holds: its arrays, and each distinct object once (MIND: and the histories)
+    arrays = [result[c].to_numpy() for c in result] if name == "mind" else list(result)
+    held = sum(a.nbytes for a in arrays)
+    objects = {id(x): x for a in arrays if a.dtype == object for x in a.tolist()}
+    if name == "mind":
+        objects.update({id(x): x for h in prior.values() for x in (h, *h)})
+    held += sum(sys.getsizeof(x) for x in objects.values())
+    out.update(rows=len(arrays[0]), held_mb=held / 2**20)
+print(json.dumps(out))
 """
 
 
@@ -128,15 +155,33 @@ def write_mind(folder: Path, n_rows: int, seed: int = 0) -> Path:
     return folder
 
 
-def run_one(repo: Path, raw: Path, out: Path, sample_users: int, dataset: str = "netflix") -> dict:
-    """Convert ``raw`` with ``repo``'s converter in a fresh process; its seconds, peak RSS, rows."""
+def run_one(repo: Path, raw: Path, out: Path, sample_users: int, dataset: str = "netflix",
+            stage: str = "build") -> dict:
+    """Convert (``stage="parse"``: only parse) ``raw`` with ``repo``'s converter in a fresh process; its
+    seconds, peak RSS, rows (and, parsing, the MB its result holds)."""
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(repo), str(raw), str(out), str(sample_users), dataset],
+        [sys.executable, "-c", CHILD, str(repo), str(raw), str(out), str(sample_users), dataset, stage],
         capture_output=True, text=True, check=False,
     )
     if proc.returncode:
         raise RuntimeError(f"converter failed on {raw}: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def checkout(repo: Path, rev: str, workdir: Path) -> Path:
+    """A folder holding ``dataset_converters`` as it is at git revision ``rev`` of ``repo`` (kept in ``workdir``)."""
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True, check=False)
+    if git.returncode:
+        raise ValueError(f"--old: no git revision {rev} in {repo}")
+    folder = workdir / f"code_{git.stdout.strip()}"
+    if not (folder / "dataset_converters").is_dir():
+        archive = subprocess.run(["git", "-C", str(repo), "archive", git.stdout.strip(), "dataset_converters"],
+                                 capture_output=True, check=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(folder.with_suffix(".part"), filter="data")
+        folder.with_suffix(".part").rename(folder)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,12 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/converter_bench", help="where the synthetic files are cached")
     parser.add_argument("--repo", default=str(REPO), help="checkout whose dataset_converters is timed")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the synthetic data")
+    parser.add_argument("--old", default=None, help="also time the converters of this git revision of --repo")
+    parser.add_argument("--stage", choices=("build", "parse"), default="build",
+                        help="build: the whole conversion; parse: only the raw-file parser")
     args = parser.parse_args(argv)
     sizes = [parse_size(s.strip()) for s in args.sizes.split(",") if s.strip()]
     work = Path(args.workdir)
-    print(f"{args.dataset} converter of {args.repo}, --sample_users {args.sample_users or 'off'}")
-    print(f"{'input rows':>11} {'rows out':>9} {'wall s':>7} {'wall s/M':>8} {'CPU s':>6} {'CPU s/M':>7} "
-          f"{'peak MB':>8}")
+    codes = {"current": Path(args.repo)}
+    if args.old:
+        old = checkout(Path(args.repo), args.old, work)
+        codes[old.name.removeprefix("code_")] = old
+    what = "parser" if args.stage == "parse" else f"converter, --sample_users {args.sample_users or 'off'}"
+    print(f"{args.dataset} {what}; current: {args.repo}")
+    print(f"{'input rows':>11} {'code':>8} {'rows out':>9} {'wall s':>7} {'wall s/M':>8} {'CPU s':>6} {'CPU s/M':>7} "
+          f"{'peak MB':>8} {'MB/M':>6} {'held MB':>8}")
     for n in sizes:
         if args.dataset == "netflix":
             raw = work / f"netflix_v2_{n}_seed{args.seed}"
@@ -162,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             raw = work / f"mind_{n}_seed{args.seed}"
             if not (raw / "news.tsv").is_file():
                 write_mind(raw.with_suffix(".part"), n, args.seed).rename(raw)
-        r = run_one(Path(args.repo), raw, work / "out" / args.dataset, args.sample_users, args.dataset)
         per_m = n / 1e6
-        print(f"{n:>11,} {r['rows']:>9,} {r['seconds']:>7.1f} {r['seconds'] / per_m:>8.2f} "
-              f"{r['cpu_seconds']:>6.1f} {r['cpu_seconds'] / per_m:>7.2f} {r['peak_rss_mb']:>8.0f}", flush=True)
+        for code, repo in codes.items():
+            r = run_one(repo, raw, work / "out" / args.dataset, args.sample_users, args.dataset, args.stage)
+            held = "-" if r["held_mb"] is None else f"{r['held_mb']:.1f}"
+            print(f"{n:>11,} {code:>8} {r['rows']:>9,} {r['seconds']:>7.1f} {r['seconds'] / per_m:>8.2f} "
+                  f"{r['cpu_seconds']:>6.1f} {r['cpu_seconds'] / per_m:>7.2f} {r['peak_rss_mb']:>8.0f} "
+                  f"{r['peak_rss_mb'] / per_m:>6.0f} {held:>8}", flush=True)
     return 0
 
 

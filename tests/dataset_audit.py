@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -57,3 +58,16 @@ def check_history(
         if len(problems) > 50:
             break
     return problems
+
+
+def same_dataset(out_dir: str | os.PathLike, golden_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds the same atomic files as ``golden_dir`` byte for byte and the same
+    summary.json (keys in the same order) but its ``source`` (a path)."""
+    out, golden = Path(out_dir), Path(golden_dir)
+    name = golden.name
+    for suffix in (".inter", ".item", ".text"):
+        if (out / f"{name}{suffix}").read_bytes() != (golden / f"{name}{suffix}").read_bytes():
+            return False
+    got, want = (json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (out, golden))
+    sources = got.pop("source", None), want.pop("source", None)
+    return None not in sources and json.dumps(got) == json.dumps(want)

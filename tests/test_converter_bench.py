@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,11 +33,24 @@ def test_synthetic_files_are_prize_format(tmp_path):
 def test_bench_prints_one_row_per_size(tmp_path, capsys):
     assert converter_bench.main(["--sizes", "2k,3000", "--workdir", str(tmp_path), "--sample_users", "50"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]
-    assert [r.split()[0] for r in rows] == ["2,000", "3,000"]
-    for row in rows:  # ratings, rows out, wall s, wall s/M, CPU s, CPU s/M, peak MB
+    assert [r.split()[:2] for r in rows] == [["2,000", "current"], ["3,000", "current"]]
+    for row in rows:  # ratings, code, rows out, wall s, wall s/M, CPU s, CPU s/M, peak MB, MB/M, held MB
         cells = row.split()
-        assert len(cells) == 7 and int(cells[1].replace(",", "")) > 0
-        assert min(float(c) for c in cells[2:6]) >= 0 and float(cells[6]) > 0
+        assert len(cells) == 10 and int(cells[2].replace(",", "")) > 0 and cells[9] == "-"
+        assert min(float(c) for c in cells[3:7]) >= 0 and float(cells[7]) > 0
+
+
+def test_bench_parse_stage_old_and_current_side_by_side(tmp_path, capsys):
+    """--old REV times the converters of a git revision beside the current ones on the same files."""
+    repo = Path(converter_bench.REPO)
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    argv = ["--dataset", "mind", "--sizes", "3k", "--stage", "parse", "--old", "HEAD", "--workdir", str(tmp_path)]
+    assert converter_bench.main(argv) == 0
+    rows = [r.split() for r in capsys.readouterr().out.strip().splitlines()[2:]]
+    assert [r[1] for r in rows][0] == "current" and len(rows) == 2 and rows[1][1] != "current"
+    assert rows[0][2] == rows[1][2] == "3,000"  # the same parsed rows
+    assert all(float(r[9]) > 0 for r in rows)  # what the parsed rows hold
 
 
 @pytest.mark.parametrize("text", ["0", "x", "1.5q"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dataset_audit import check_history
+from dataset_audit import check_history, same_dataset
 
 from dataset_converters import mind
 from dataset_converters.core import read_inter, read_text_table
@@ -174,3 +174,55 @@ def test_mind_empty_or_unusable_file_is_one_line_error(tmp_path, capsys, broken)
         f"error: {raw / 'behaviors.tsv'}: no usable line (1 missing time), expected impression lines of 5 "
         "tab-separated fields")
     assert not (tmp_path / "mind").exists()
+
+
+PARITY = Path(__file__).parent / "data" / "mind_parity"
+
+
+@pytest.mark.parametrize("block_bytes", [None, 97, 1])
+def test_mind_block_parser_matches_line_by_line_parser(tmp_path, monkeypatch, caplog, block_bytes):
+    """Golden outputs of the line-by-line parser (tests/data/mind_parity/make_raw.py) on a behaviors.tsv
+    with every bad-line case (field counts, missing/invalid times, ``U?`` users, tokens without -0/-1,
+    duplicate ids before and after a valid one, padded fields, quotes, BOM, CRLF, latin-1 and Unicode
+    digits, blank and truncated lines), two merged folders and this file's fixture: the block parser
+    writes the same files byte for byte and logs the same lines, also when blocks cut lines."""
+    if block_bytes:
+        monkeypatch.setattr(mind, "BLOCK_BYTES", block_bytes)
+    caplog.set_level("INFO", logger="dataset_converters")
+    runs = {"full": ([PARITY / "raw"], {"max_history": 3, "missing_meta": "keep"}),
+            "merged": ([PARITY / "raw", PARITY / "raw2"], {}),
+            "fixture": ([make_raw(tmp_path)], {"max_history": 3})}
+    for name, (raws, options) in runs.items():
+        caplog.clear()
+        mind.build_mind(raws, tmp_path / name, **options)
+        assert same_dataset(tmp_path / name, PARITY / name), name
+        if name == "full":
+            logged = [r.getMessage() for r in caplog.records]
+            assert logged == (PARITY / "warnings.txt").read_text(encoding="utf-8").splitlines()
+
+
+def test_mind_scan_sends_only_plain_lines_to_the_fast_path():
+    """The vectorised scan cuts the impressions of plain lines and leaves every other line to _parse_line."""
+    buf = (b"1\tU1\t11/11/2019 9:05:58 AM\tN1 N2\tN3-1 N4-0 N5-1-0\r\n"  # plain (one \r allowed)
+           b"2\tU2\t11/11/2019 9:05:58 AM\t\tN3-1  N4-0\n"  # double space
+           b"3\tU3\t11/11/2019 9:05:58 AM\t\tN3-1 N4\n"  # no label
+           b"4\tU4\t11/11/2019 9:05:58 AM\t\tN\xc3\xa9-1\n"  # non-ASCII
+           b"\n5\tU5\t11/11/2019 9:05:58 AM\tN1\tN6-0\n")
+    scan = mind._scan_block(buf)
+    assert scan.fast.tolist() == [True, False, False, False, False, True]
+    assert scan.news == ["N3", "N4", "N5-1", "N6"] and scan.clicks.tolist() == [1, 0, 0, 0]
+    assert scan.n_tokens.tolist() == [3, 0, 0, 0, 0, 1] and scan.first_token[5] == 3
+    lines = buf.decode().splitlines()
+    reasons = [mind._parse_line(line)[1] for line in lines[1:3]]  # the double space is fine there
+    assert reasons == [None, "impressions: a token without -0/-1 click label"]
+    assert mind._parse_line(lines[3])[2][3] == [("N\u00e9", 1)] and mind._parse_line(lines[4]) == (None, None, None)
+
+
+def test_mind_fast_time_matches_strptime():
+    """_time_of agrees with parse_time (strptime) on plain and unusual times, valid or not."""
+    values = [f"{m}/{d}/{y} {h}:{mi}:{s} {p}" for m in ("0", "1", "02", "12", "13") for d in ("0", "1", "29", "31")
+              for y in ("0000", "2000", "2019", "2100") for h in ("0", "00", "1", "09", "12", "13")
+              for mi in ("0", "05", "59", "60") for s in ("00", "59", "60", "61") for p in ("AM", "PM")]
+    values += ["11/15/2019 8:55:22 am", "11/15/2019  8:55:22 PM", "11/15/2019 8:55:22 XM", "11/15/2019 8:55:22",
+               "\u0661\u0661/15/2019 8:55:22 AM", "11/15/2019 8:55:22 AM ", "", "11-15-2019 8:55:22 AM"]
+    assert [mind._time_of(v) for v in values] == [mind.parse_time(v) for v in values]
