@@ -28,7 +28,7 @@ from recbole_histllm import distributed
 from recbole_histllm.config import Config
 from recbole_histllm.config_schema import check_config
 from recbole_histllm.split import impression_field
-from recbole_histllm.utils import PROPERTIES_DIR, UsageError, get_trainer, run_command, wants_debug
+from recbole_histllm.utils import PROPERTIES_DIR, UsageError, config_value, get_trainer, run_command, wants_debug
 
 USAGE = (
     "usage: python run_recbole_histllm.py --model=NAME --dataset=NAME "
@@ -152,7 +152,7 @@ def subsample_test(test_data, config: Config):
     Whole users are kept so that UAUC sees every row of the users it scores; the subset depends only
     on the seed and the split, so runs of different models with the same ``test_rows`` score the same rows.
     """
-    budget = config["test_rows"] if "test_rows" in config else None
+    budget = config_value(config, "test_rows")
     dataset = test_data._dataset
     if budget is None or int(budget) >= len(dataset):
         return test_data

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from recbole.data.dataset import Dataset
 
-from recbole_histllm.utils import UsageError
+from recbole_histllm.utils import UsageError, config_value
 
 
 def impression_field(config: Any, fields: Any = None) -> str | None:
     """The configured ``IMPRESSION_FIELD`` (None when unset); with ``fields`` (a dataset's field names or an
     interaction) also None when that field is absent from them."""
-    name = config["IMPRESSION_FIELD"] if "IMPRESSION_FIELD" in config else None
+    name = config_value(config, "IMPRESSION_FIELD")
     if not name or (fields is not None and name not in fields):
         return None
     return str(name)

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
@@ -21,6 +22,13 @@ PROPERTIES_DIR = next((p for p in (PACKAGE_ROOT.parent / "properties", PACKAGE_R
                       PACKAGE_ROOT.parent / "properties")
 
 
+
+
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """``config[key]``, or ``default`` when the key is unset (absent or null): the one way this plugin reads an
+    optional key from a RecBole ``Config`` (which has ``in`` and ``[]`` but no ``get``) or a plain dict."""
+    value = config[key] if key in config else None
+    return default if value is None else value
 
 
 def model_module_name(model_name: str) -> str:

@@ -27,6 +27,7 @@ from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
 from recbole_histllm.evaluator.uauc import user_auc
+from recbole_histllm.utils import config_value
 
 GROUP_KEY = "data.impression"
 
@@ -81,7 +82,7 @@ class _ImpressionMetric(AbstractMetric):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        topk = config["topk"] if "topk" in config else None
+        topk = config_value(config, "topk")
         topk = topk if topk is not None else [5, 10]
         self.topk = [int(k) for k in (topk if isinstance(topk, (list, tuple)) else [topk])]
 

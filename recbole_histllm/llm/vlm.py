@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from dataset_converters.core import image_files
-from recbole_histllm.utils import UsageError
+from recbole_histllm.utils import UsageError, config_value
 
 from .backbone import DTypeLike, _to_dtype, prepare_tokenizer
 from .prompt import _SENTINEL, AnswerTokens, PromptSample, PromptTemplate, fill_template, resolve_answer_tokens
@@ -37,14 +37,14 @@ def vlm_settings(config) -> tuple[Path, Path] | None:
 
     Raises :class:`UsageError` naming the key when a folder does not exist or ``poster_dir`` is unset.
     """
-    vlm = config["vlm_path"] if "vlm_path" in config else None
+    vlm = config_value(config, "vlm_path")
     if vlm in _UNSET:
         return None
     path = Path(str(vlm)).expanduser()
     if not path.is_dir():
         raise UsageError(f"config key `vlm_path` points to {str(path)!r}, which is not a folder "
                          "(a local Hugging Face model folder; nothing is downloaded)")
-    posters = config["poster_dir"] if "poster_dir" in config else None
+    posters = config_value(config, "poster_dir")
     if posters in _UNSET:
         raise UsageError(f"config key `poster_dir` is not set: vlm_path={vlm} needs the poster folder "
                          "(<raw item id>.jpg|.png, e.g. ../shared/data/movie/posters)")

@@ -46,15 +46,9 @@ from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
 from recbole_histllm.model.llm_recommender import LORA
 from recbole_histllm.split import impression_field
-from recbole_histllm.utils import UsageError
+from recbole_histllm.utils import UsageError, config_value
 
 BUCKET_BATCHES = 50  # length_buckets: batches per chunk of the epoch's random order sorted by prompt length
-
-
-def _cfg(config, key, default=None):
-    """``config[key]``, or ``default`` when unset (absent or null)."""
-    value = config[key] if key in config else None
-    return default if value is None else value
 
 
 @dataclass
@@ -146,7 +140,7 @@ class LLMTrainer(Trainer):
         return gen
 
     def _valid_rows(self, dataset) -> np.ndarray:
-        budget = _cfg(self.config, "valid_rows")
+        budget = config_value(self.config, "valid_rows")
         n = len(dataset)
         if budget is None or budget >= n:
             return np.arange(n)
@@ -160,7 +154,7 @@ class LLMTrainer(Trainer):
         rows = distributed.shard(np.asarray(rows))
         # length_buckets: score this rank's rows longest first (little padding per batch), then restore
         by_length = None
-        if _cfg(self.config, "length_buckets", False) and hasattr(self.model, "row_lengths") and len(rows) > 1:
+        if config_value(self.config, "length_buckets", False) and hasattr(self.model, "row_lengths") and len(rows) > 1:
             by_length = np.argsort(-np.asarray(self.model.row_lengths(dataset, rows)), kind="stable")
             rows = rows[by_length]
         size = int(self.config["eval_batch_size"])
@@ -188,7 +182,7 @@ class LLMTrainer(Trainer):
         prompt length (:meth:`LLMRecommender.row_lengths`) and split, and the batches shuffled, all from
         the trainer's seeded generator: every row once per epoch, little padding per batch, and the same
         batches on every rank under torchrun."""
-        if not _cfg(self.config, "length_buckets", False) or not hasattr(self.model, "row_lengths") \
+        if not config_value(self.config, "length_buckets", False) or not hasattr(self.model, "row_lengths") \
                 or len(order) <= batch_size:
             return list(order.split(batch_size))
         lengths = torch.as_tensor(np.asarray(self.model.row_lengths(dataset, order.numpy())))
@@ -213,7 +207,7 @@ class LLMTrainer(Trainer):
         if spec is None:
             return
         start = time.time()
-        checkpoint = _cfg(self.config, spec.checkpoint_key)
+        checkpoint = config_value(self.config, spec.checkpoint_key)
         if checkpoint:
             source = "given"
         else:
@@ -272,9 +266,9 @@ class LLMTrainer(Trainer):
         """AdamW over the stage's trainable parameters: LoRA at ``stage{k}_learning_rate``, the mapping
         modules and UHEM at ``module_learning_rate`` (~ = the stage's rate)."""
         cfg = self.config
-        lr = float(_cfg(cfg, f"{key}_learning_rate", 1e-4))
-        module_lr = float(_cfg(cfg, "module_learning_rate", lr))
-        decay = float(_cfg(cfg, "weight_decay", 0.0))
+        lr = float(config_value(cfg, f"{key}_learning_rate", 1e-4))
+        module_lr = float(config_value(cfg, "module_learning_rate", lr))
+        decay = float(config_value(cfg, "weight_decay", 0.0))
         lora, modules = [], []
         for name, param in self.model.named_parameters():
             if param.requires_grad:
@@ -286,11 +280,11 @@ class LLMTrainer(Trainer):
         """``lr_schedule``: ``cosine`` (linear warmup over ``warmup_ratio`` of the stage's optimiser steps,
         then cosine decay to 0) or ``constant`` (warmup, then flat)."""
         cfg = self.config
-        kind = str(_cfg(cfg, "lr_schedule", "constant"))
+        kind = str(config_value(cfg, "lr_schedule", "constant"))
         if kind not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {kind!r}")
         total = max(int(total_steps), 1)
-        warmup = int(round(float(_cfg(cfg, "warmup_ratio", 0.0)) * total))
+        warmup = int(round(float(config_value(cfg, "warmup_ratio", 0.0)) * total))
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -308,12 +302,12 @@ class LLMTrainer(Trainer):
         file rewritten after every epoch (resume) and once more, marked done, at the end."""
         key, model, cfg = f"stage{stage}", self.model, self.config
         model.set_stage(stage)
-        given = _cfg(cfg, "lora_checkpoint")
+        given = config_value(cfg, "lora_checkpoint")
         modules = model.trainable_modules()
         present = {g for g in model.stage_trainable.get(stage, ()) if g == LORA or modules.get(g) is not None}
         if given and present == {LORA}:  # a LoRA-only stage (TALLRec's vma group is absent without images)
             return self._load_lora_stage(key, str(given))
-        if int(_cfg(cfg, f"{key}_epochs", 1)) == 0:  # off: its trainable weights stay as initialised
+        if int(config_value(cfg, f"{key}_epochs", 1)) == 0:  # off: its trainable weights stay as initialised
             self.logger.info(set_color(key, "green") + f": skipped ({key}_epochs: 0)")
             return {"skipped": True, "time_s": 0.0, "rows_trained": 0, "best_epoch": None, "best_valid_auc": None,
                     "best_valid": None, "epochs": []}
@@ -349,11 +343,13 @@ class LLMTrainer(Trainer):
     def _start_stage(self, stage: int, n_train: int, saved: dict | None) -> _StageRun:
         """The optimiser, schedule and counters of a stage, restored from an unfinished stage file."""
         key, cfg = f"stage{stage}", self.config
-        budget = _cfg(cfg, f"{key}_train_rows")
+        budget = config_value(cfg, f"{key}_train_rows")
         run = _StageRun(
-            stage=stage, epochs=int(_cfg(cfg, f"{key}_epochs", 1)), batch_size=int(_cfg(cfg, f"{key}_batch_size", 8)),
+            stage=stage, epochs=int(config_value(cfg, f"{key}_epochs", 1)),
+            batch_size=int(config_value(cfg, f"{key}_batch_size", 8)),
             rows_per_epoch=n_train if budget is None else min(int(budget), n_train),
-            accumulate=int(_cfg(cfg, "gradient_accumulation_steps", 1)), patience=int(_cfg(cfg, "stopping_step", 2)),
+            accumulate=int(config_value(cfg, "gradient_accumulation_steps", 1)),
+            patience=int(config_value(cfg, "stopping_step", 2)),
             params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key))
         steps_per_epoch = math.ceil(math.ceil(run.rows_per_epoch / run.batch_size) / run.accumulate)
         run.scheduler = self._scheduler(run.optimizer, steps_per_epoch * run.epochs)
