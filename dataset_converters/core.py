@@ -865,3 +865,27 @@ def read_inter(path: str | os.PathLike) -> pd.DataFrame:
     df = pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False)
     df.columns = [c.split(":")[0] for c in df.columns]
     return df
+
+
+def hold_out_items(source: str | os.PathLike, items: Sequence[str], out: str | os.PathLike,
+                   max_history: int = 20) -> pd.DataFrame:
+    """Copy the dataset folder ``source`` (``<name>/<name>.*``) to ``out`` (``<new>/<new>.*``) without any
+    interaction of ``items``: their rows leave ``.inter`` (histories rebuilt, so no held-out item is in a
+    history either) while ``.item``, ``.text`` and every other side file keep them, so a model that reads
+    item text or images can still score them. Returns the removed rows (``history`` column dropped)."""
+    source, out = Path(source), Path(out)
+    full = read_inter(source / f"{source.name}.inter")
+    unknown = sorted(set(items) - set(full.item_id))
+    if unknown:
+        raise ValueError(f"{source}: items without any interaction cannot be held out: {unknown}")
+    held = full.item_id.isin(set(items))
+    kept = full[~held].drop(columns="history")
+    kept = build_history(kept.assign(label=kept.label.astype(float), timestamp=kept.timestamp.astype(float)),
+                         max_history, show_progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in source.glob(f"{source.name}.*"):
+        if path.suffix != ".inter":
+            shutil.copy(path, out / f"{out.name}{path.suffix}")
+    _write_lines(out / f"{out.name}.inter", INTER_HEADER,
+                 ([r.user_id, r.item_id, f"{r.label:g}", f"{r.timestamp:.0f}", r.history] for r in kept.itertuples()))
+    return full[held].drop(columns="history")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import FAST_LLM, write_tiny_ctr
 
-from dataset_converters.core import INTER_HEADER, build_history, read_inter
+from dataset_converters.core import hold_out_items, read_inter
 from recbole_histllm import load_run
 from recbole_histllm import predict as predict_cli
 from recbole_histllm import rerank as rerank_cli
@@ -27,15 +27,13 @@ def cold(tmp_path_factory) -> dict:
     """``tinycold``: the tiny dataset (images) whose HELD_OUT items have no interaction at all (so none in
     train) but stay in .item/.text; the full rows are kept aside. An MF run and a HistLLM run on it."""
     root = tmp_path_factory.mktemp("cold")
-    write_tiny_ctr(root, "tinycold", n_users=16, n_items=30)
-    path = root / "tinycold" / "tinycold.inter"
-    full = read_inter(path)
-    kept = full[~full.item_id.isin(HELD_OUT)].drop(columns="history")
-    kept = build_history(kept.assign(label=kept.label.astype(float), timestamp=kept.timestamp.astype(float)), 20,
-                         show_progress=False)
-    lines = [INTER_HEADER] + [f"{r.user_id}\t{r.item_id}\t{r.label:g}\t{r.timestamp:.0f}\t{r.history}"
-                              for r in kept.itertuples()]
-    path.write_text("\n".join(lines) + "\n")
+    write_tiny_ctr(root, "tinyfull", n_users=16, n_items=30)
+    full = read_inter(root / "tinyfull" / "tinyfull.inter")
+    held = hold_out_items(root / "tinyfull", HELD_OUT, root / "tinycold")
+    assert len(held) == full.item_id.isin(HELD_OUT).sum() and (root / "tinycold" / "tinycold.item").is_file()
+    kept = read_inter(root / "tinycold" / "tinycold.inter")
+    assert not kept.item_id.isin(HELD_OUT).any() and len(kept) + len(held) == len(full)
+    assert not any(item in HELD_OUT for h in kept.history for item in h.split())
     runs = root / "runs"
     train("MF", "tinycold", [], {"data_path": str(root), "epochs": 3, "show_progress": False}, runs / "mf")
     train("HistLLM", "tinycold", [], {"data_path": str(root), **FAST_LLM}, runs / "hist")
