@@ -1,4 +1,6 @@
-"""Model and trainer lookup: this plugin first, then RecBole (as RecBole-GNN does)."""
+"""Small shared helpers at the bottom of the package: model and trainer lookup (this plugin first, then RecBole,
+as RecBole-GNN does), :func:`config_value`, the properties folder, and :func:`run_command` (user errors as one
+line and exit 2)."""
 
 from __future__ import annotations
 
