@@ -419,10 +419,10 @@ def sample_interactions(
 ) -> pd.DataFrame:
     """Keep the rows of ``n_items`` sampled items, then of ``n_users`` sampled users."""
     before = len(df)
-    keep_items = sample_ids(df["item_id"], n_items, seed)
+    keep_items = sample_ids(df["item_id"].unique(), n_items, seed)
     if keep_items is not None:
         df = df[df["item_id"].isin(keep_items)]
-    keep_users = sample_ids(df["user_id"], n_users, seed + 1)
+    keep_users = sample_ids(df["user_id"].unique(), n_users, seed + 1)
     if keep_users is not None:
         df = df[df["user_id"].isin(keep_users)]
     if report is not None:
@@ -659,6 +659,15 @@ def write_dataset(
 # ----------------------------------------------------------------------------- pipeline
 
 
+def _str_ids(column: pd.Series) -> pd.Series:
+    """An id column as str; a categorical of str ids (e.g. MIND's parser codes) stays one (codes, no string
+    per row) until :func:`finalize_dataset` has dropped, de-duplicated and sampled the rows."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and column.cat.categories.dtype == object and all(
+            isinstance(v, str) for v in column.cat.categories):
+        return column
+    return column.astype(str)
+
+
 def finalize_dataset(
     inter: pd.DataFrame,
     items: pd.DataFrame,
@@ -691,8 +700,8 @@ def finalize_dataset(
     """
     report = report or ConversionReport()
     inter = inter[["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]].copy()
-    inter["user_id"] = inter["user_id"].astype(str)
-    inter["item_id"] = inter["item_id"].astype(str)
+    for column in ("user_id", "item_id"):
+        inter[column] = _str_ids(inter[column])
     inter["label"] = inter["label"].astype(np.int64)
     inter["timestamp"] = inter["timestamp"].astype(np.float64)
     items = items.copy()
@@ -712,6 +721,9 @@ def finalize_dataset(
     if dedupe_keys:
         inter = drop_duplicates(inter, dedupe_keys, report)
     inter = sample_interactions(inter, n_users, n_items, seed, report)
+    for column in inter.columns:  # categorical ids (see _str_ids) become strings for the kept rows only
+        if isinstance(inter[column].dtype, pd.CategoricalDtype):
+            inter[column] = inter[column].astype(object)
     inter = kcore_filter(inter, user_core, item_core, report)
     if inter.empty:
         raise ValueError("no interactions left after filtering; check the raw files and options")

@@ -342,8 +342,9 @@ class _Behaviors:
         self.parts.append((vocab[codes], np.concatenate(clicks)[take], np.repeat(np.array(imp_codes, np.int32), lens)))
 
     def frame(self) -> pd.DataFrame:
-        """The rows in file order: user_id, item_id, label, timestamp, impression_id (the codes of each
-        column freed once it is built)."""
+        """The rows in file order: user_id, item_id, label, timestamp, impression_id; the ids as categoricals
+        (int32 codes into the distinct ids), so the rows hold no string object until
+        :func:`~dataset_converters.core.finalize_dataset` has sampled and filtered them."""
         parts, self.parts = self.parts, []
 
         def pop(k: int) -> np.ndarray:  # column k of the parts, dropped from them
@@ -354,14 +355,16 @@ class _Behaviors:
         def series(values: np.ndarray) -> pd.Series:
             return pd.Series(values, dtype=values.dtype, copy=False)  # a given dtype: no inference pass
 
+        def ids(codes: np.ndarray, distinct: Sequence[str]) -> pd.Series:
+            return pd.Series(pd.Categorical.from_codes(codes, pd.Index(list(distinct), dtype=object)), copy=False)
+
         items, labels, imps = pop(0), pop(1), pop(2)
-        users = np.array(list(self.users), dtype=object)[np.frombuffer(self.impression_user, np.int32)]
         columns = {
-            "user_id": series(users[imps]),
-            "item_id": series(np.array(list(self.news), dtype=object)[items]),
+            "user_id": ids(np.frombuffer(self.impression_user, np.int32)[imps], self.users),
+            "item_id": ids(items, self.news),
             "label": series(labels.astype(np.int64)),
             "timestamp": series(np.frombuffer(self.impression_time, np.float64)[imps]),
-            "impression_id": series(np.array(self.impressions, dtype=object)[imps]),
+            "impression_id": ids(imps, self.impressions),
         }
         return pd.DataFrame(columns, copy=False)
 
