@@ -355,6 +355,25 @@ def sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["user_id", "timestamp"], kind="mergesort").reset_index(drop=True)
 
 
+def _row_key(df: pd.DataFrame, keys: Sequence[str]) -> np.ndarray | None:
+    """One int64 per row, equal where the rows' ``keys`` are equal (codes of categorical columns, else
+    ``pd.factorize`` codes with NaN a value); None when the codes' product overflows int64."""
+    key = np.zeros(len(df), np.int64)
+    span = 1
+    for column in keys:
+        values = df[column]
+        if isinstance(values.dtype, pd.CategoricalDtype) and not values.hasnans:
+            codes, n = values.cat.codes.to_numpy(), len(values.cat.categories)
+        else:
+            codes, distinct = pd.factorize(values, use_na_sentinel=False)
+            n = len(distinct)
+        span *= max(n, 1)
+        if span >= 2**62:
+            return None
+        key = key * max(n, 1) + codes
+    return key
+
+
 def drop_duplicates(
     df: pd.DataFrame,
     keys: Sequence[str] = ("user_id", "item_id"),
@@ -362,14 +381,25 @@ def drop_duplicates(
     reason: str = "duplicate_interaction",
 ) -> pd.DataFrame:
     """Drop rows repeating ``keys``; the latest one (by timestamp, then input order) is kept."""
-    ordered = df.sort_values("timestamp", kind="mergesort")
-    dup = ordered.duplicated(list(keys), keep="last")
+    order = np.argsort(df["timestamp"].to_numpy(), kind="stable")  # as sort_values(kind="mergesort"), NaN last
+    key = _row_key(df, keys)
+    if key is None:
+        dup = df[list(keys)].iloc[order].duplicated(keep="last").to_numpy()  # only the keys, in time order
+    else:  # the last of each key in time order is kept: a stable sort of the keys groups them in that order
+        key = key[order]
+        by_key = np.argsort(key, kind="stable")
+        dup = np.zeros(len(df), bool)
+        dup[by_key[:-1]] = key[by_key[:-1]] == key[by_key[1:]]
     n = int(dup.sum())
     if report is not None:
         report.drop(reason, n)
     if n:
         logger.info("dropped %d duplicated rows (%s)", n, ", ".join(keys))
-    return ordered[~dup].sort_index()
+    if df.index.is_monotonic_increasing and df.index.is_unique:  # sort_index() would restore df's order
+        keep = np.ones(len(df), bool)
+        keep[order[dup]] = False
+        return df[keep]
+    return df.iloc[order][~dup].sort_index()
 
 
 def apply_missing_meta(
@@ -397,7 +427,9 @@ def apply_missing_meta(
             policy,
         )
     if policy == "drop":
-        return df[~missing].reset_index(drop=True)
+        kept = df[~missing.to_numpy()]
+        kept.index = pd.RangeIndex(len(kept))  # reset_index(drop=True) without copying the rows again
+        return kept
     return df
 
 
@@ -699,11 +731,12 @@ def finalize_dataset(
     ``require_image``: drop rows whose item is not in ``image_items`` (counted).
     """
     report = report or ConversionReport()
-    inter = inter[["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]].copy()
+    # a new frame of the caller's columns (no copy: columns are replaced, never written into)
+    columns = ["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]
+    inter = pd.DataFrame({c: inter[c] for c in columns}, copy=False)
     for column in ("user_id", "item_id"):
         inter[column] = _str_ids(inter[column])
-    inter["label"] = inter["label"].astype(np.int64)
-    inter["timestamp"] = inter["timestamp"].astype(np.float64)
+    inter["timestamp"] = inter["timestamp"].astype(np.float64, copy=False)
     items = items.copy()
     items["item_id"] = items["item_id"].astype(str)
     items = items.drop_duplicates("item_id", keep="first")
@@ -724,6 +757,7 @@ def finalize_dataset(
     for column in inter.columns:  # categorical ids (see _str_ids) become strings for the kept rows only
         if isinstance(inter[column].dtype, pd.CategoricalDtype):
             inter[column] = inter[column].astype(object)
+    inter["label"] = inter["label"].astype(np.int64)
     inter = kcore_filter(inter, user_core, item_core, report)
     if inter.empty:
         raise ValueError("no interactions left after filtering; check the raw files and options")

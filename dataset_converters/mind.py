@@ -362,7 +362,7 @@ class _Behaviors:
         columns = {
             "user_id": ids(np.frombuffer(self.impression_user, np.int32)[imps], self.users),
             "item_id": ids(items, self.news),
-            "label": series(labels.astype(np.int64)),
+            "label": series(labels),
             "timestamp": series(np.frombuffer(self.impression_time, np.float64)[imps]),
             "impression_id": ids(imps, self.impressions),
         }
