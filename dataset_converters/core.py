@@ -635,11 +635,39 @@ def _write_lines(path: Path, header: str, rows: Iterable[Sequence[str]]) -> None
             f.write("\t".join(row) + "\n")
 
 
-def _format_number(values: np.ndarray) -> list[str]:
+def _all_whole(values: np.ndarray) -> bool:
+    """True when every value is a finite integer."""
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+
+
+def _format_number(values: np.ndarray, whole: bool | None = None) -> list[str]:
+    """``values`` as text: integers when ``whole`` (default: when every value is a finite integer), else repr."""
     values = np.asarray(values, dtype=np.float64)
-    if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+    if whole is None:
+        whole = _all_whole(values)
+    if whole:
         return [str(v) for v in values.astype(np.int64).tolist()]
     return [repr(float(v)) for v in values.tolist()]
+
+
+WRITE_ROWS = 100_000  # rows of ``.inter`` turned into text at a time
+
+
+def _inter_rows(inter: pd.DataFrame, extra: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """The ``.inter`` cells of each row, made :data:`WRITE_ROWS` rows at a time (so the text of every row is
+    never held at once); timestamps are integers when all of them are."""
+    stamps = inter["timestamp"].to_numpy(dtype=np.float64)
+    whole = _all_whole(stamps)
+    for start in range(0, len(inter), WRITE_ROWS):
+        part = inter.iloc[start : start + WRITE_ROWS]
+        yield from zip(
+            part["user_id"].astype(str).tolist(),
+            part["item_id"].astype(str).tolist(),
+            [str(int(v)) for v in part["label"].tolist()],
+            _format_number(stamps[start : start + WRITE_ROWS], whole),
+            part["history"].astype(str).tolist(),
+            *(part[c].astype(str).tolist() for c in extra),
+        )
 
 
 def write_dataset(
@@ -665,18 +693,7 @@ def write_dataset(
     extra = [c for c in EXTRA_INTER_COLUMNS if c in inter.columns]
     header = "\t".join([INTER_HEADER] + [f"{c}:{EXTRA_INTER_COLUMNS[c]}" for c in extra])
     with atomic_output_dir(out) as tmp:
-        _write_lines(
-            tmp / f"{name}.inter",
-            header,
-            zip(
-                inter["user_id"].astype(str).tolist(),
-                inter["item_id"].astype(str).tolist(),
-                [str(int(v)) for v in inter["label"].tolist()],
-                _format_number(inter["timestamp"].to_numpy()),
-                inter["history"].astype(str).tolist(),
-                *(inter[c].astype(str).tolist() for c in extra),
-            ),
-        )
+        _write_lines(tmp / f"{name}.inter", header, _inter_rows(inter, extra))
         _write_lines(tmp / f"{name}.item", ITEM_HEADER, ((i,) for i in text["item_id"].tolist()))
         cells = [text["item_id"].astype(str).tolist()] + [
             [clean_text(v) for v in text[c].tolist()] for c in columns[1:]

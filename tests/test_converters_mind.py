@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dataset_audit import check_history, same_dataset
 
-from dataset_converters import mind
+from dataset_converters import core, mind
 from dataset_converters.core import read_inter, read_text_table
 
 
@@ -189,6 +189,7 @@ def test_mind_block_parser_matches_line_by_line_parser(tmp_path, monkeypatch, ca
     the same lines, also when blocks cut lines."""
     if block_bytes:
         monkeypatch.setattr(mind, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(core, "WRITE_ROWS", block_bytes)  # .inter written a few rows at a time
     caplog.set_level("INFO", logger="dataset_converters")
     runs = {"full": ([PARITY / "raw"], {"max_history": 3, "missing_meta": "keep"}),
             "merged": ([PARITY / "raw", PARITY / "raw2"], {}),
