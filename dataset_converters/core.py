@@ -527,11 +527,11 @@ def build_history(
         n_prior = len(prior)
         # number of likes strictly earlier than each row (rows are time-sorted)
         k = n_prior + np.searchsorted(pos_ts, stamps[start:end], side="left")
+        text, last = "", 0  # rows with the same likes before them (e.g. one impression) share one string
         for j, kk in enumerate(k.tolist()):
-            if max_history == 0 or kk == 0:
-                history[start + j] = ""
-            else:
-                history[start + j] = " ".join(liked[max(0, kk - max_history) : kk])
+            if kk != last:
+                text, last = " ".join(liked[max(0, kk - max_history) : kk]) if max_history else "", kk
+            history[start + j] = text
     df["history"] = history
     return df
 
