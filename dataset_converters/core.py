@@ -381,8 +381,16 @@ def drop_duplicates(
     reason: str = "duplicate_interaction",
 ) -> pd.DataFrame:
     """Drop rows repeating ``keys``; the latest one (by timestamp, then input order) is kept."""
-    order = np.argsort(df["timestamp"].to_numpy(), kind="stable")  # as sort_values(kind="mergesort"), NaN last
     key = _row_key(df, keys)
+    in_order = df.index.is_monotonic_increasing and df.index.is_unique  # sort_index() would restore df's order
+    if key is not None and in_order:
+        distinct = np.sort(key)
+        if not np.any(distinct[1:] == distinct[:-1]):  # no repeated key: nothing to drop, no time order needed
+            if report is not None:
+                report.drop(reason, 0)
+            return df
+        del distinct
+    order = np.argsort(df["timestamp"].to_numpy(), kind="stable")  # as sort_values(kind="mergesort"), NaN last
     if key is None:
         dup = df[list(keys)].iloc[order].duplicated(keep="last").to_numpy()  # only the keys, in time order
     else:  # the last of each key in time order is kept: a stable sort of the keys groups them in that order
@@ -395,7 +403,7 @@ def drop_duplicates(
         report.drop(reason, n)
     if n:
         logger.info("dropped %d duplicated rows (%s)", n, ", ".join(keys))
-    if df.index.is_monotonic_increasing and df.index.is_unique:  # sort_index() would restore df's order
+    if in_order:
         keep = np.ones(len(df), bool)
         keep[order[dup]] = False
         return df[keep]
@@ -427,6 +435,8 @@ def apply_missing_meta(
             policy,
         )
     if policy == "drop":
+        if not n_rows and df.index.equals(pd.RangeIndex(len(df))):
+            return df  # what reset_index would give, without a copy
         kept = df[~missing.to_numpy()]
         kept.index = pd.RangeIndex(len(kept))  # reset_index(drop=True) without copying the rows again
         return kept

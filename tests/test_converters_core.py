@@ -100,6 +100,9 @@ def test_duplicates_match_sort_then_duplicated(index, categorical):
     ordered = df.sort_values("timestamp", kind="mergesort")
     want = ordered[~ordered.duplicated(["user_id", "item_id"], keep="last")].sort_index()
     pd.testing.assert_frame_equal(core.drop_duplicates(df), want)
+    report = core.ConversionReport()  # no repeated key: the same rows back, nothing counted
+    pd.testing.assert_frame_equal(core.drop_duplicates(want, report=report), want.sort_index())
+    assert not report.dropped
 
 
 def test_missing_meta_policy():
