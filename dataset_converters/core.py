@@ -748,7 +748,8 @@ def finalize_dataset(
 ) -> dict[str, Any]:
     """Filter, build history, summarise and write one dataset; returns the summary.
 
-    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds), optionally
+    ``inter``: columns user_id, item_id (str, or categoricals of str ids: kept as codes until the rows are
+    sampled), label (0/1), timestamp (float seconds), optionally
     :data:`EXTRA_INTER_COLUMNS` (e.g. MIND's impression_id), carried through to ``.inter``.
     ``summary["target_in_history"]`` counts rows whose own item is in their history (kept).
     ``items``: item metadata, columns item_id, title (+ extra text columns); items absent

@@ -21,7 +21,9 @@ behaviors.tsv is read in blocks of 4 MiB and parsed with numpy (:func:`load_beha
 (printable ASCII, 5 tab-separated fields, impressions ``<id>-<0|1>`` separated by single spaces) has its
 impressions cut by array operations, any other line goes through the reference rules of
 :func:`_parse_line` (stripped fields, the same reasons, in line order). Rows are held as codes into the
-distinct news, users and impressions, so memory is the block plus a few bytes per row (and the longest line).
+distinct news, users and impressions, so memory is the block plus a few bytes per row (and the longest line);
+they reach :func:`~dataset_converters.core.finalize_dataset` as categoricals, which makes strings of the rows
+kept after ``--sample_users``/``--sample_items`` only.
 
     python -m dataset_converters.mind --raw DIR [DIR ...] --output_dir dataset/mind [--images DIR]
 """
