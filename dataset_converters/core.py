@@ -355,6 +355,25 @@ def sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["user_id", "timestamp"], kind="mergesort").reset_index(drop=True)
 
 
+def _row_key(df: pd.DataFrame, keys: Sequence[str]) -> np.ndarray | None:
+    """One int64 per row, equal where the rows' ``keys`` are equal (codes of categorical columns, else
+    ``pd.factorize`` codes with NaN a value); None when the codes' product overflows int64."""
+    key = np.zeros(len(df), np.int64)
+    span = 1
+    for column in keys:
+        values = df[column]
+        if isinstance(values.dtype, pd.CategoricalDtype) and not values.hasnans:
+            codes, n = values.cat.codes.to_numpy(), len(values.cat.categories)
+        else:
+            codes, distinct = pd.factorize(values, use_na_sentinel=False)
+            n = len(distinct)
+        span *= max(n, 1)
+        if span >= 2**62:
+            return None
+        key = key * max(n, 1) + codes
+    return key
+
+
 def drop_duplicates(
     df: pd.DataFrame,
     keys: Sequence[str] = ("user_id", "item_id"),
@@ -362,14 +381,33 @@ def drop_duplicates(
     reason: str = "duplicate_interaction",
 ) -> pd.DataFrame:
     """Drop rows repeating ``keys``; the latest one (by timestamp, then input order) is kept."""
-    ordered = df.sort_values("timestamp", kind="mergesort")
-    dup = ordered.duplicated(list(keys), keep="last")
+    key = _row_key(df, keys)
+    in_order = df.index.is_monotonic_increasing and df.index.is_unique  # sort_index() would restore df's order
+    if key is not None and in_order:
+        distinct = np.sort(key)
+        if not np.any(distinct[1:] == distinct[:-1]):  # no repeated key: nothing to drop, no time order needed
+            if report is not None:
+                report.drop(reason, 0)
+            return df
+        del distinct
+    order = np.argsort(df["timestamp"].to_numpy(), kind="stable")  # as sort_values(kind="mergesort"), NaN last
+    if key is None:
+        dup = df[list(keys)].iloc[order].duplicated(keep="last").to_numpy()  # only the keys, in time order
+    else:  # the last of each key in time order is kept: a stable sort of the keys groups them in that order
+        key = key[order]
+        by_key = np.argsort(key, kind="stable")
+        dup = np.zeros(len(df), bool)
+        dup[by_key[:-1]] = key[by_key[:-1]] == key[by_key[1:]]
     n = int(dup.sum())
     if report is not None:
         report.drop(reason, n)
     if n:
         logger.info("dropped %d duplicated rows (%s)", n, ", ".join(keys))
-    return ordered[~dup].sort_index()
+    if in_order:
+        keep = np.ones(len(df), bool)
+        keep[order[dup]] = False
+        return df[keep]
+    return df.iloc[order][~dup].sort_index()
 
 
 def apply_missing_meta(
@@ -397,7 +435,11 @@ def apply_missing_meta(
             policy,
         )
     if policy == "drop":
-        return df[~missing].reset_index(drop=True)
+        if not n_rows and df.index.equals(pd.RangeIndex(len(df))):
+            return df  # what reset_index would give, without a copy
+        kept = df[~missing.to_numpy()]
+        kept.index = pd.RangeIndex(len(kept))  # reset_index(drop=True) without copying the rows again
+        return kept
     return df
 
 
@@ -419,10 +461,10 @@ def sample_interactions(
 ) -> pd.DataFrame:
     """Keep the rows of ``n_items`` sampled items, then of ``n_users`` sampled users."""
     before = len(df)
-    keep_items = sample_ids(df["item_id"], n_items, seed)
+    keep_items = sample_ids(df["item_id"].unique(), n_items, seed)
     if keep_items is not None:
         df = df[df["item_id"].isin(keep_items)]
-    keep_users = sample_ids(df["user_id"], n_users, seed + 1)
+    keep_users = sample_ids(df["user_id"].unique(), n_users, seed + 1)
     if keep_users is not None:
         df = df[df["user_id"].isin(keep_users)]
     if report is not None:
@@ -495,11 +537,11 @@ def build_history(
         n_prior = len(prior)
         # number of likes strictly earlier than each row (rows are time-sorted)
         k = n_prior + np.searchsorted(pos_ts, stamps[start:end], side="left")
+        text, last = "", 0  # rows with the same likes before them (e.g. one impression) share one string
         for j, kk in enumerate(k.tolist()):
-            if max_history == 0 or kk == 0:
-                history[start + j] = ""
-            else:
-                history[start + j] = " ".join(liked[max(0, kk - max_history) : kk])
+            if kk != last:
+                text, last = " ".join(liked[max(0, kk - max_history) : kk]) if max_history else "", kk
+            history[start + j] = text
     df["history"] = history
     return df
 
@@ -603,11 +645,39 @@ def _write_lines(path: Path, header: str, rows: Iterable[Sequence[str]]) -> None
             f.write("\t".join(row) + "\n")
 
 
-def _format_number(values: np.ndarray) -> list[str]:
+def _all_whole(values: np.ndarray) -> bool:
+    """True when every value is a finite integer."""
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+
+
+def _format_number(values: np.ndarray, whole: bool | None = None) -> list[str]:
+    """``values`` as text: integers when ``whole`` (default: when every value is a finite integer), else repr."""
     values = np.asarray(values, dtype=np.float64)
-    if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+    if whole is None:
+        whole = _all_whole(values)
+    if whole:
         return [str(v) for v in values.astype(np.int64).tolist()]
     return [repr(float(v)) for v in values.tolist()]
+
+
+WRITE_ROWS = 100_000  # rows of ``.inter`` turned into text at a time
+
+
+def _inter_rows(inter: pd.DataFrame, extra: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """The ``.inter`` cells of each row, made :data:`WRITE_ROWS` rows at a time (so the text of every row is
+    never held at once); timestamps are integers when all of them are."""
+    stamps = inter["timestamp"].to_numpy(dtype=np.float64)
+    whole = _all_whole(stamps)
+    for start in range(0, len(inter), WRITE_ROWS):
+        part = inter.iloc[start : start + WRITE_ROWS]
+        yield from zip(
+            part["user_id"].astype(str).tolist(),
+            part["item_id"].astype(str).tolist(),
+            [str(int(v)) for v in part["label"].tolist()],
+            _format_number(stamps[start : start + WRITE_ROWS], whole),
+            part["history"].astype(str).tolist(),
+            *(part[c].astype(str).tolist() for c in extra),
+        )
 
 
 def write_dataset(
@@ -633,18 +703,7 @@ def write_dataset(
     extra = [c for c in EXTRA_INTER_COLUMNS if c in inter.columns]
     header = "\t".join([INTER_HEADER] + [f"{c}:{EXTRA_INTER_COLUMNS[c]}" for c in extra])
     with atomic_output_dir(out) as tmp:
-        _write_lines(
-            tmp / f"{name}.inter",
-            header,
-            zip(
-                inter["user_id"].astype(str).tolist(),
-                inter["item_id"].astype(str).tolist(),
-                [str(int(v)) for v in inter["label"].tolist()],
-                _format_number(inter["timestamp"].to_numpy()),
-                inter["history"].astype(str).tolist(),
-                *(inter[c].astype(str).tolist() for c in extra),
-            ),
-        )
+        _write_lines(tmp / f"{name}.inter", header, _inter_rows(inter, extra))
         _write_lines(tmp / f"{name}.item", ITEM_HEADER, ((i,) for i in text["item_id"].tolist()))
         cells = [text["item_id"].astype(str).tolist()] + [
             [clean_text(v) for v in text[c].tolist()] for c in columns[1:]
@@ -657,6 +716,15 @@ def write_dataset(
 
 
 # ----------------------------------------------------------------------------- pipeline
+
+
+def _str_ids(column: pd.Series) -> pd.Series:
+    """An id column as str; a categorical of str ids (e.g. MIND's parser codes) stays one (codes, no string
+    per row) until :func:`finalize_dataset` has dropped, de-duplicated and sampled the rows."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and column.cat.categories.dtype == object and all(
+            isinstance(v, str) for v in column.cat.categories):
+        return column
+    return column.astype(str)
 
 
 def finalize_dataset(
@@ -680,7 +748,8 @@ def finalize_dataset(
 ) -> dict[str, Any]:
     """Filter, build history, summarise and write one dataset; returns the summary.
 
-    ``inter``: columns user_id, item_id (str), label (0/1), timestamp (float seconds), optionally
+    ``inter``: columns user_id, item_id (str, or categoricals of str ids: kept as codes until the rows are
+    sampled), label (0/1), timestamp (float seconds), optionally
     :data:`EXTRA_INTER_COLUMNS` (e.g. MIND's impression_id), carried through to ``.inter``.
     ``summary["target_in_history"]`` counts rows whose own item is in their history (kept).
     ``items``: item metadata, columns item_id, title (+ extra text columns); items absent
@@ -690,11 +759,12 @@ def finalize_dataset(
     ``require_image``: drop rows whose item is not in ``image_items`` (counted).
     """
     report = report or ConversionReport()
-    inter = inter[["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]].copy()
-    inter["user_id"] = inter["user_id"].astype(str)
-    inter["item_id"] = inter["item_id"].astype(str)
-    inter["label"] = inter["label"].astype(np.int64)
-    inter["timestamp"] = inter["timestamp"].astype(np.float64)
+    # a new frame of the caller's columns (no copy: columns are replaced, never written into)
+    columns = ["user_id", "item_id", "label", "timestamp", *(c for c in EXTRA_INTER_COLUMNS if c in inter)]
+    inter = pd.DataFrame({c: inter[c] for c in columns}, copy=False)
+    for column in ("user_id", "item_id"):
+        inter[column] = _str_ids(inter[column])
+    inter["timestamp"] = inter["timestamp"].astype(np.float64, copy=False)
     items = items.copy()
     items["item_id"] = items["item_id"].astype(str)
     items = items.drop_duplicates("item_id", keep="first")
@@ -712,6 +782,10 @@ def finalize_dataset(
     if dedupe_keys:
         inter = drop_duplicates(inter, dedupe_keys, report)
     inter = sample_interactions(inter, n_users, n_items, seed, report)
+    for column in inter.columns:  # categorical ids (see _str_ids) become strings for the kept rows only
+        if isinstance(inter[column].dtype, pd.CategoricalDtype):
+            inter[column] = inter[column].astype(object)
+    inter["label"] = inter["label"].astype(np.int64)
     inter = kcore_filter(inter, user_core, item_core, report)
     if inter.empty:
         raise ValueError("no interactions left after filtering; check the raw files and options")

@@ -21,7 +21,9 @@ behaviors.tsv is read in blocks of 4 MiB and parsed with numpy (:func:`load_beha
 (printable ASCII, 5 tab-separated fields, impressions ``<id>-<0|1>`` separated by single spaces) has its
 impressions cut by array operations, any other line goes through the reference rules of
 :func:`_parse_line` (stripped fields, the same reasons, in line order). Rows are held as codes into the
-distinct news, users and impressions, so memory is the block plus a few bytes per row (and the longest line).
+distinct news, users and impressions, so memory is the block plus a few bytes per row (and the longest line);
+they reach :func:`~dataset_converters.core.finalize_dataset` as categoricals, which makes strings of the rows
+kept after ``--sample_users``/``--sample_items`` only.
 
     python -m dataset_converters.mind --raw DIR [DIR ...] --output_dir dataset/mind [--images DIR]
 """
@@ -342,8 +344,9 @@ class _Behaviors:
         self.parts.append((vocab[codes], np.concatenate(clicks)[take], np.repeat(np.array(imp_codes, np.int32), lens)))
 
     def frame(self) -> pd.DataFrame:
-        """The rows in file order: user_id, item_id, label, timestamp, impression_id (the codes of each
-        column freed once it is built)."""
+        """The rows in file order: user_id, item_id, label, timestamp, impression_id; the ids as categoricals
+        (int32 codes into the distinct ids), so the rows hold no string object until
+        :func:`~dataset_converters.core.finalize_dataset` has sampled and filtered them."""
         parts, self.parts = self.parts, []
 
         def pop(k: int) -> np.ndarray:  # column k of the parts, dropped from them
@@ -354,14 +357,16 @@ class _Behaviors:
         def series(values: np.ndarray) -> pd.Series:
             return pd.Series(values, dtype=values.dtype, copy=False)  # a given dtype: no inference pass
 
+        def ids(codes: np.ndarray, distinct: Sequence[str]) -> pd.Series:
+            return pd.Series(pd.Categorical.from_codes(codes, pd.Index(list(distinct), dtype=object)), copy=False)
+
         items, labels, imps = pop(0), pop(1), pop(2)
-        users = np.array(list(self.users), dtype=object)[np.frombuffer(self.impression_user, np.int32)]
         columns = {
-            "user_id": series(users[imps]),
-            "item_id": series(np.array(list(self.news), dtype=object)[items]),
-            "label": series(labels.astype(np.int64)),
+            "user_id": ids(np.frombuffer(self.impression_user, np.int32)[imps], self.users),
+            "item_id": ids(items, self.news),
+            "label": series(labels),
             "timestamp": series(np.frombuffer(self.impression_time, np.float64)[imps]),
-            "impression_id": series(np.array(self.impressions, dtype=object)[imps]),
+            "impression_id": ids(imps, self.impressions),
         }
         return pd.DataFrame(columns, copy=False)
 

@@ -79,7 +79,9 @@ out = {"seconds": seconds, "cpu_seconds": use.ru_utime + use.ru_stime - cpu0, "p
 if stage == "build":
     out.update(rows=result["rows"], held_mb=None)
 else:  # what the parser's result holds: its arrays, and each distinct object once (MIND: and the histories)
-    arrays = [result[c].to_numpy() for c in result] if name == "mind" else list(result)
+    columns = [result[c] for c in result] if name == "mind" else []  # MIND's ids: categorical codes + distinct ids
+    arrays = [a for s in columns for a in ((s.cat.codes.to_numpy(), s.cat.categories.to_numpy())
+                                           if s.dtype.name == "category" else (s.to_numpy(),))] or list(result)
     held = sum(a.nbytes for a in arrays)
     objects = {id(x): x for a in arrays if a.dtype == object for x in a.tolist()}
     if name == "mind":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,6 +78,31 @@ def test_duplicates_keep_latest_and_counted():
     out = core.drop_duplicates(df, report=report)
     assert sorted(map(tuple, out.values.tolist())) == [("u", "a", 1, 5.0), ("u", "b", 1, 2.0)]
     assert report.dropped["duplicate_interaction"] == 1
+
+
+@pytest.mark.parametrize("index", ["range", "shuffled", "repeated"])
+@pytest.mark.parametrize("categorical", [False, True])
+def test_duplicates_match_sort_then_duplicated(index, categorical):
+    """drop_duplicates keeps the rows the plain pandas way keeps (sort by time, stable; duplicated keep=last;
+    sort_index): ties and NaN times, str or categorical keys (MIND's codes), a shuffled or repeated index."""
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame({"user_id": rng.choice(["u1", "u2", "u3", None], n).astype(object),
+                       "item_id": rng.choice([f"i{k}" for k in range(9)], n).astype(object),
+                       "label": rng.integers(0, 2, n),
+                       "timestamp": np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 20, n).astype(float))})
+    if categorical:
+        df["item_id"] = df["item_id"].astype("category")
+    if index == "shuffled":
+        df.index = rng.permutation(n)
+    elif index == "repeated":
+        df.index = np.repeat(np.arange(n // 2), 2)
+    ordered = df.sort_values("timestamp", kind="mergesort")
+    want = ordered[~ordered.duplicated(["user_id", "item_id"], keep="last")].sort_index()
+    pd.testing.assert_frame_equal(core.drop_duplicates(df), want)
+    report = core.ConversionReport()  # no repeated key: the same rows back, nothing counted
+    pd.testing.assert_frame_equal(core.drop_duplicates(want, report=report), want.sort_index())
+    assert not report.dropped
 
 
 def test_missing_meta_policy():

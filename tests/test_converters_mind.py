@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dataset_audit import check_history, same_dataset
 
-from dataset_converters import mind
+from dataset_converters import core, mind
 from dataset_converters.core import read_inter, read_text_table
 
 
@@ -184,14 +184,20 @@ def test_mind_block_parser_matches_line_by_line_parser(tmp_path, monkeypatch, ca
     """Golden outputs of the line-by-line parser (tests/data/mind_parity/make_raw.py) on a behaviors.tsv
     with every bad-line case (field counts, missing/invalid times, ``U?`` users, tokens without -0/-1,
     duplicate ids before and after a valid one, padded fields, quotes, BOM, CRLF, latin-1 and Unicode
-    digits, blank and truncated lines), two merged folders and this file's fixture: the block parser
-    writes the same files byte for byte and logs the same lines, also when blocks cut lines."""
+    digits, blank and truncated lines), two merged folders, this file's fixture and two sampled runs (users,
+    items, k-core, missing_meta keep and drop): the block parser writes the same files byte for byte and logs
+    the same lines, also when blocks cut lines."""
     if block_bytes:
         monkeypatch.setattr(mind, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(core, "WRITE_ROWS", block_bytes)  # .inter written a few rows at a time
     caplog.set_level("INFO", logger="dataset_converters")
     runs = {"full": ([PARITY / "raw"], {"max_history": 3, "missing_meta": "keep"}),
             "merged": ([PARITY / "raw", PARITY / "raw2"], {}),
-            "fixture": ([make_raw(tmp_path)], {"max_history": 3})}
+            "fixture": ([make_raw(tmp_path)], {"max_history": 3}),
+            # sampling (golden: commit 5ce91e3, before the ids stayed codes until sampled): same users and rows
+            "sampled": ([PARITY / "raw", PARITY / "raw2"], {"max_history": 3, "sample_users": 20}),
+            "sampled_keep": ([PARITY / "raw"], {"sample_users": 15, "sample_items": 25, "missing_meta": "keep",
+                                                "user_core": 2, "seed": 7})}
     for name, (raws, options) in runs.items():
         caplog.clear()
         mind.build_mind(raws, tmp_path / name, **options)

@@ -5,7 +5,10 @@
 The golden outputs came from the line-by-line parser (commit 9520623, before the numpy block parser):
 ``full``: ``build_mind(raw, "full", max_history=3, missing_meta="keep")``; ``merged``:
 ``build_mind([raw, raw2], "merged")``; ``fixture``: ``build_mind(<tests/test_converters_mind.make_raw>,
-"fixture", max_history=3)``. ``warnings.txt``: the log lines of ``full`` (the first few bad lines of each
+"fixture", max_history=3)``; ``sampled``, ``sampled_keep`` (from commit 5ce91e3, before the ids stayed
+codes until sampled): ``build_mind([raw, raw2], "sampled", max_history=3, sample_users=20)``,
+``build_mind(raw, "sampled_keep", sample_users=15, sample_items=25, missing_meta="keep", user_core=2, seed=7)``.
+``warnings.txt``: the log lines of ``full`` (the first few bad lines of each
 file, with file, line and field).
 """
 
@@ -100,5 +103,7 @@ if "--golden" in sys.argv:
     build_mind(raw, root / "full", max_history=3, missing_meta="keep")
     (root / "warnings.txt").write_text("\n".join(records) + "\n", encoding="utf-8")
     build_mind([raw, raw2], root / "merged")
+    build_mind([raw, raw2], root / "sampled", max_history=3, sample_users=20)
+    build_mind(raw, root / "sampled_keep", sample_users=15, sample_items=25, missing_meta="keep", user_core=2, seed=7)
     with tempfile.TemporaryDirectory() as tmp:
         build_mind(make_raw(Path(tmp)), root / "fixture", max_history=3)
