@@ -38,3 +38,9 @@ def test_wheel_carries_the_properties_and_runs_outside_the_checkout(tmp_path):
     result = json.loads((work / "out" / "result.json").read_text())
     assert result["config"]["embedding_size"] == 256 and 0.5 < result["test_result"]["auc"] <= 1.0
     assert (work / "dataset" / "ml-100k" / "ml-100k.inter").is_file()
+    script = site / "bin" / "recbole-histllm"  # the console script the wheel declares
+    assert script.is_file()
+    again = subprocess.run([str(script), "--model=MF", "--dataset=ml-100k", "--epochs=1", "--show_progress=False",
+                            "--output_dir=out2"], capture_output=True, text=True, cwd=work, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((work / "out2" / "result.json").read_text())["test_result"]["auc"] > 0.5
