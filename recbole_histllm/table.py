@@ -397,7 +397,7 @@ def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
 
 
 def check_one_version(rows: list[Row], runs: dict[tuple[int, int], Path], to_launch: list[tuple[int, int]],
-                      allow_mixed: bool) -> dict[str, int]:
+                      allow_mixed: bool) -> None:
     """Stop (:class:`UsageError`, one line) before anything is launched when the table would hold runs of
     several code versions: the finished runs' versions and, for the runs still to launch, this checkout's.
     Each version names the rows that hold it. ``allow_mixed`` turns the stop into a warning."""
@@ -405,12 +405,11 @@ def check_one_version(rows: list[Row], runs: dict[tuple[int, int], Path], to_lau
 
     holders: dict[str, dict[str, int]] = {}
     labels = {key: version_label((read_result(run / "result.json") or {}).get("code")) for key, run in runs.items()}
-    here = version_label(code_version())
+    here = version_label(code_version()) if to_launch else None  # git is asked only when runs will launch
     labels.update(dict.fromkeys(to_launch, here))
     for (i, _), label in labels.items():
         rows_of = holders.setdefault(label, {})
         rows_of[rows[i].label] = rows_of.get(rows[i].label, 0) + 1
-    counts = {label: sum(rows_of.values()) for label, rows_of in holders.items()}
     if len(holders) > 1:
         said = "; ".join(f"{label}{' (this checkout)' if label == here else ''}: "
                          + ", ".join(f"{r} x{n}" for r, n in rows_of.items())
@@ -419,7 +418,6 @@ def check_one_version(rows: list[Row], runs: dict[tuple[int, int], Path], to_lau
             raise UsageError(f"the table would mix runs of {len(holders)} code versions ({said}); rerun them on one "
                              "commit, or pass --allow_mixed to build it anyway (its caption then lists the versions)")
         print(f"warning: the table mixes runs of {len(holders)} code versions ({said})", flush=True)
-    return counts
 
 
 def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int], dict[str, float]], str, set[int]]:
