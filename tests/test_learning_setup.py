@@ -135,3 +135,29 @@ def test_stage2_trains_the_cia_mapping_not_the_mf_tables(tiny_root, tmp_path):
     assert not any("table" in n for n, _ in model.cia.named_parameters())  # MF tables: buffers
     assert {"cia.user_table", "cia.item_table"} <= set(model.checkpoint_state())
     assert not any(k.startswith(("vma.table", "uhem.desc_")) for k in model.state_dict())  # features, not weights
+
+
+def test_max_grad_norm_clips_every_llm_step_and_falls_back_to_clip_grad_norm(tiny_root, tmp_path, monkeypatch):
+    calls, norms = [], []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(params, **kw):
+        calls.append(kw)
+        norms.append(float(real_clip(params, **kw)))
+        return norms[-1]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    config, model, train, valid, _ = build(tiny_root, tmp_path / "a", stage1_epochs=0, stage2_epochs=1,
+                                           stage2_train_rows=24, stage2_batch_size=8, max_grad_norm=0.5)
+    trainer = LLMTrainer(config, model)
+    trainer.fit(train, valid)
+    assert calls == [{"max_norm": 0.5}] * 3  # one per optimiser step of stage 2 (24 rows / 8)
+    epoch = trainer.stage_summaries["stage2"]["epochs"][0]  # the norms before clipping, summarised
+    assert epoch["grad_norm"] == pytest.approx(sorted(norms)[1], abs=1e-4)
+    assert epoch["clipped"] == pytest.approx(sum(n > 0.5 for n in norms) / 3, abs=1e-3)
+    assert trainer.clip_grad_norm is None  # stage 0 (RecBole's MF trainer) is not clipped by it
+    config, model, _, _, _ = build(tiny_root, tmp_path / "b", max_grad_norm=None,
+                                   clip_grad_norm={"max_norm": 2.0, "norm_type": 1})
+    assert LLMTrainer(config, model)._clip_args() == {"max_norm": 2.0, "norm_type": 1}
+    config, model, _, _, _ = build(tiny_root, tmp_path / "c", max_grad_norm=None)
+    assert LLMTrainer(config, model)._clip_args() is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from logging import getLogger
@@ -63,6 +64,7 @@ class _StageRun:
     patience: int
     params: list
     optimizer: torch.optim.Optimizer
+    clip: dict | None = None  # keyword arguments of clip_grad_norm_ (None: no clipping)
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     first_epoch: int = 0
     history: list = field(default_factory=list)
@@ -82,12 +84,13 @@ class _StageRun:
         self.stale = 0 if self.best["epoch"] is None else len(self.history) - 1 - self.best["epoch"]
 
     def end_epoch(self, epoch: int, loss: float, rows: int, train_s: float, epoch_s: float, result: dict,
-                  model) -> None:
-        """Record an epoch; keep the model's trainable state when valid AUC improved (early stopping)."""
+                  model, grads: dict | None = None) -> None:
+        """Record an epoch (``grads``: its gradient-norm summary); keep the model's trainable state when
+        valid AUC improved (early stopping)."""
         self.elapsed += epoch_s
         self.seen += rows
         self.history.append({"epoch": epoch, "loss": loss, "train_s": round(train_s, 2),
-                             "rows_per_s": round(rows / max(train_s, 1e-9), 2), **result})
+                             "rows_per_s": round(rows / max(train_s, 1e-9), 2), **(grads or {}), **result})
         score = result["auc"] if not math.isnan(result["auc"]) else -math.inf
         if score > self.best["score"]:
             self.best = {"score": score, "epoch": epoch, "state": model.checkpoint_state()}
@@ -276,6 +279,11 @@ class LLMTrainer(Trainer):
         groups = [{"params": ps, "lr": rate} for ps, rate in ((lora, lr), (modules, module_lr)) if ps]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=decay)
 
+    def _clip_args(self) -> dict | None:
+        """Gradient clipping of the LLM stages: ``max_grad_norm`` when set, else RecBole's ``clip_grad_norm``."""
+        max_norm = config_value(self.config, "max_grad_norm")
+        return {"max_norm": float(max_norm)} if max_norm is not None else (self.clip_grad_norm or None)
+
     def _scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
         """``lr_schedule``: ``cosine`` (linear warmup over ``warmup_ratio`` of the stage's optimiser steps,
         then cosine decay to 0) or ``constant`` (warmup, then flat)."""
@@ -326,11 +334,11 @@ class LLMTrainer(Trainer):
             if run.stale >= run.patience:
                 break
             start = time.time()
-            loss, rows, train_s = self._train_epoch(run, train_ds, epoch, show_progress)
+            loss, rows, train_s, grads = self._train_epoch(run, train_ds, epoch, show_progress)
             result = self.valid_metrics(valid_ds, valid_rows, desc=f"{key} valid")
-            run.end_epoch(epoch, loss, rows, train_s, time.time() - start, result, model)
+            run.end_epoch(epoch, loss, rows, train_s, time.time() - start, result, model, grads)
             self.logger.info(f"{key} epoch {epoch}: loss {loss:.4f}, valid {result}, {run.history[-1]['rows_per_s']} "
-                             "rows/s")
+                             f"rows/s, gradient norm {grads['grad_norm']} (median; {grads['clipped']:.0%} clipped)")
             if distributed.is_main():
                 torch.save(run.progress(epoch, model), path)
         if run.best["state"] is not None:
@@ -350,7 +358,8 @@ class LLMTrainer(Trainer):
             rows_per_epoch=n_train if budget is None else min(int(budget), n_train),
             accumulate=int(config_value(cfg, "gradient_accumulation_steps", 1)),
             patience=int(config_value(cfg, "stopping_step", 2)),
-            params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key))
+            params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key),
+            clip=self._clip_args())
         steps_per_epoch = math.ceil(math.ceil(run.rows_per_epoch / run.batch_size) / run.accumulate)
         run.scheduler = self._scheduler(run.optimizer, steps_per_epoch * run.epochs)
         if saved is not None:
@@ -362,8 +371,10 @@ class LLMTrainer(Trainer):
         )
         return run
 
-    def _train_epoch(self, run: _StageRun, train_ds, epoch: int, show_progress: bool) -> tuple[float, int, float]:
-        """One epoch of ``run.rows_per_epoch`` fresh rows: ``(mean batch loss over all ranks, rows, seconds)``.
+    def _train_epoch(self, run: _StageRun, train_ds, epoch: int,
+                     show_progress: bool) -> tuple[float, int, float, dict]:
+        """One epoch of ``run.rows_per_epoch`` fresh rows: ``(mean batch loss over all ranks, rows, seconds,
+        gradient norms)``, the last the median total norm before clipping and the share of steps clipped.
         Each global batch is split between the ranks; their gradients are summed before every step."""
         start, model = time.time(), self.model
         model.train()
@@ -373,6 +384,7 @@ class LLMTrainer(Trainer):
         total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
         local_total = 0.0  # the losses of this rank's own shards (progress bar)
         run.optimizer.zero_grad()
+        norms = []  # total gradient norm of each optimiser step, before clipping
         for step, idx in enumerate(bar, 1):
             mine = distributed.shard(idx)
             share = len(mine) / len(idx)  # shares sum to 1: the summed gradient is the batch mean's
@@ -383,14 +395,20 @@ class LLMTrainer(Trainer):
                 local_total += loss.detach().item()
             if step % run.accumulate == 0 or step == len(batches):
                 distributed.all_reduce_grads(run.params)
-                if self.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(run.params, **self.clip_grad_norm)
+                if run.clip:
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(run.params, **run.clip)))
+                else:
+                    norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in run.params
+                                                                       if p.grad is not None])))
                 run.optimizer.step()
                 run.scheduler.step()
                 run.optimizer.zero_grad()
             bar.set_postfix(loss=f"{local_total / step:.4f}")
         total = distributed.all_reduce_sum(total, self.device)
-        return total / max(len(batches), 1), len(order), time.time() - start
+        limit = run.clip["max_norm"] if run.clip else math.inf
+        grads = {"grad_norm": round(statistics.median(norms), 4) if norms else None,
+                 "clipped": round(sum(n > limit for n in norms) / max(len(norms), 1), 3)}
+        return total / max(len(batches), 1), len(order), time.time() - start, grads
 
     # ---- RecBole interface ------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
