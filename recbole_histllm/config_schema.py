@@ -255,8 +255,8 @@ SCHEMA: dict[str, Rule] = {
     "lr_schedule": Choice("per-stage schedule after the warmup", "cosine", "constant"),
     "warmup_ratio": Num("share of a stage's optimiser steps spent warming up", 0, 1, high_open=True),
     "gradient_accumulation_steps": Int("optimiser step every N batches", 1),
-    "max_grad_norm": Num("stages 1-2: clip the gradient's total norm (~ = clip_grad_norm)", 0, low_open=True,
-                         none=True),
+    "max_grad_norm": Num("LLM stages: clip the gradient's total norm (~ = clip_grad_norm); stage{k}_max_grad_norm "
+                         "overrides it per stage", 0, low_open=True, none=True),
     "valid_rows": Int("fixed random valid subsample for early stopping (~ = all)", 1, none=True),
     "tallrec_desc": Bool("TALLRec_desc (Fig. 8): descriptions in place of titles"),
     "vlm_path": PathTo("ZeroShot: local image-text-to-text model folder (~ = text only)", exists="dir"),
@@ -301,6 +301,7 @@ STAGE_RULES: dict[str, Rule] = {
     "learning_rate": Num("LoRA learning rate of stage k (the modules' too unless module_learning_rate)", **_RATE),
     "batch_size": Int("global batch of stage k", 1),
     "train_rows": Int("rows drawn afresh each epoch of stage k (~ = all)", 1, none=True),
+    "max_grad_norm": Num("stage k: gradient-norm clipping limit (~ = max_grad_norm)", 0, low_open=True, none=True),
 }
 STAGE_KEY = re.compile(r"stage(\d+)_(" + "|".join(STAGE_RULES) + r")")
 

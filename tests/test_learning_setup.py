@@ -138,6 +138,7 @@ def test_stage2_trains_the_cia_mapping_not_the_mf_tables(tiny_root, tmp_path):
 
 
 def test_max_grad_norm_clips_every_llm_step_and_falls_back_to_clip_grad_norm(tiny_root, tmp_path, monkeypatch):
+    """stage{k}_max_grad_norm, else max_grad_norm, else RecBole's clip_grad_norm; HistLLM's stage 2 sets its own."""
     calls, norms = [], []
     real_clip = torch.nn.utils.clip_grad_norm_
 
@@ -148,7 +149,8 @@ def test_max_grad_norm_clips_every_llm_step_and_falls_back_to_clip_grad_norm(tin
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     config, model, train, valid, _ = build(tiny_root, tmp_path / "a", stage1_epochs=0, stage2_epochs=1,
-                                           stage2_train_rows=24, stage2_batch_size=8, max_grad_norm=0.5)
+                                           stage2_train_rows=24, stage2_batch_size=8, max_grad_norm=0.5,
+                                           stage2_max_grad_norm=None)
     trainer = LLMTrainer(config, model)
     trainer.fit(train, valid)
     assert calls == [{"max_norm": 0.5}] * 3  # one per optimiser step of stage 2 (24 rows / 8)
@@ -156,8 +158,14 @@ def test_max_grad_norm_clips_every_llm_step_and_falls_back_to_clip_grad_norm(tin
     assert epoch["grad_norm"] == pytest.approx(sorted(norms)[1], abs=1e-4)
     assert epoch["clipped"] == pytest.approx(sum(n > 0.5 for n in norms) / 3, abs=1e-3)
     assert trainer.clip_grad_norm is None  # stage 0 (RecBole's MF trainer) is not clipped by it
-    config, model, _, _, _ = build(tiny_root, tmp_path / "b", max_grad_norm=None,
+    config, model, _, _, _ = build(tiny_root, tmp_path / "b", max_grad_norm=None, stage2_max_grad_norm=None,
                                    clip_grad_norm={"max_norm": 2.0, "norm_type": 1})
-    assert LLMTrainer(config, model)._clip_args() == {"max_norm": 2.0, "norm_type": 1}
-    config, model, _, _, _ = build(tiny_root, tmp_path / "c", max_grad_norm=None)
-    assert LLMTrainer(config, model)._clip_args() is None
+    assert LLMTrainer(config, model)._clip_args(2) == {"max_norm": 2.0, "norm_type": 1}
+    config, model, _, _, _ = build(tiny_root, tmp_path / "c", max_grad_norm=None, stage2_max_grad_norm=None)
+    assert LLMTrainer(config, model)._clip_args(1) is None and LLMTrainer(config, model)._clip_args(2) is None
+    # HistLLM's own property file: stage 2 at 5, stage 1 at the shared limit (TALLRec's 1.0)
+    config, model, _, _, _ = build(tiny_root, tmp_path / "d")
+    trainer = LLMTrainer(config, model)
+    assert trainer._clip_args(1) == {"max_norm": 1.0} and trainer._clip_args(2) == {"max_norm": 5.0}
+    config, model, _, _, _ = build(tiny_root, tmp_path / "e", stage1_max_grad_norm=0.25)
+    assert LLMTrainer(config, model)._clip_args(1) == {"max_norm": 0.25}

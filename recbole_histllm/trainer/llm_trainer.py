@@ -279,9 +279,11 @@ class LLMTrainer(Trainer):
         groups = [{"params": ps, "lr": rate} for ps, rate in ((lora, lr), (modules, module_lr)) if ps]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=decay)
 
-    def _clip_args(self) -> dict | None:
-        """Gradient clipping of the LLM stages: ``max_grad_norm`` when set, else RecBole's ``clip_grad_norm``."""
-        max_norm = config_value(self.config, "max_grad_norm")
+    def _clip_args(self, stage: int) -> dict | None:
+        """Gradient clipping of LLM stage ``stage``: ``stage{k}_max_grad_norm`` when set, else ``max_grad_norm``,
+        else RecBole's ``clip_grad_norm``."""
+        max_norm = config_value(self.config, f"stage{stage}_max_grad_norm")
+        max_norm = config_value(self.config, "max_grad_norm") if max_norm is None else max_norm
         return {"max_norm": float(max_norm)} if max_norm is not None else (self.clip_grad_norm or None)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -359,7 +361,7 @@ class LLMTrainer(Trainer):
             accumulate=int(config_value(cfg, "gradient_accumulation_steps", 1)),
             patience=int(config_value(cfg, "stopping_step", 2)),
             params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key),
-            clip=self._clip_args())
+            clip=self._clip_args(stage))
         steps_per_epoch = math.ceil(math.ceil(run.rows_per_epoch / run.batch_size) / run.accumulate)
         run.scheduler = self._scheduler(run.optimizer, steps_per_epoch * run.epochs)
         if saved is not None:
