@@ -18,23 +18,46 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_reuse_commands() -> list[tuple[int, list[str]]]:
-    """``(line, argv)`` of every indented ``python -m recbole_histllm.table ... --reuse_only`` command."""
+    """``(line, argv)`` of every indented ``python -m recbole_histllm.table ... --reuse_only`` command (``line``:
+    the command's last line)."""
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     found, i = [], 0
     while i < len(lines):
-        start = i
-        if lines[i].startswith("    python -m recbole_histllm.table"):
-            text = lines[i].strip()
+        # optionally after shell assignments ("R=docs/results/runs/ml-100k; python -m ..."), expanded here
+        head = re.match(r"    ((?:\w+=\S+; )*)python -m recbole_histllm\.table", lines[i])
+        if head:
+            text = lines[i][head.end(1):].strip()
             while text.endswith("\\"):
                 i += 1
                 text = text[:-1] + " " + lines[i].strip()
+            for name, value in re.findall(r"(\w+)=(\S+); ", head[1]):
+                text = text.replace(f"${name}", value)
             if "--reuse_only" in text:
-                found.append((start + 1, shlex.split(text)[3:]))
+                found.append((i + 1, shlex.split(text)[3:]))
         i += 1
     return found
 
 
 COMMANDS = readme_reuse_commands()
+
+
+def printed_seed_counts(line: int, argv: list[str]) -> dict[str, int]:
+    """Seeds per row of the ``| Group | Method |`` table the README prints within 15 lines after the command that ends
+    on ``line``: ``k`` for a row marked ``(k of n seeds)``, else every seed the command asks for; ``{}`` if none."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    seeds = next(a.split("=", 1)[1] for a in argv if a.startswith("--seeds="))
+    asked = len(seeds.split(",")) if "," in seeds or len(seeds) == 4 else int(seeds)
+    for i in range(line, min(line + 15, len(lines))):
+        if lines[i].startswith("| Group | Method |"):
+            counts = {}
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                name = row.split("|")[2].strip()
+                marked = re.fullmatch(r"(.+) \((\d+) of \d+ seeds\)", name)
+                counts[marked[1] if marked else name] = int(marked[2]) if marked else asked
+            return counts
+    return {}
 
 
 def test_the_readme_has_reuse_only_table_commands() -> None:
@@ -60,3 +83,6 @@ def test_readme_table_command_reuses_runs_for_every_row(line: int, argv: list[st
         reused[row] = reused.get(row, 0) + (what == "reused")
     missing = [row for row, n in reused.items() if n == 0]
     assert not missing, f"README line {line}: no kept run matches row(s) {missing}"
+    printed = printed_seed_counts(line, argv)
+    if printed:  # the table printed below the command: as many seeds per row as it says
+        assert reused == printed, f"README line {line}: seeds reused {reused}, the README's table says {printed}"
