@@ -41,12 +41,10 @@ def readme_reuse_commands() -> list[tuple[int, list[str]]]:
 COMMANDS = readme_reuse_commands()
 
 
-def printed_seed_counts(line: int, argv: list[str]) -> dict[str, int]:
+def printed_seed_counts(line: int, asked: int) -> dict[str, int]:
     """Seeds per row of the ``| Group | Method |`` table the README prints within 15 lines after the command that ends
-    on ``line``: ``k`` for a row marked ``(k of n seeds)``, else every seed the command asks for; ``{}`` if none."""
+    on ``line``: ``k`` for a row marked ``(k of n seeds)``, else ``asked`` (the command's seeds); ``{}`` if none."""
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-    seeds = next(a.split("=", 1)[1] for a in argv if a.startswith("--seeds="))
-    asked = len(seeds.split(",")) if "," in seeds or len(seeds) == 4 else int(seeds)
     for i in range(line, min(line + 15, len(lines))):
         if lines[i].startswith("| Group | Method |"):
             counts = {}
@@ -83,6 +81,6 @@ def test_readme_table_command_reuses_runs_for_every_row(line: int, argv: list[st
         reused[row] = reused.get(row, 0) + (what == "reused")
     missing = [row for row, n in reused.items() if n == 0]
     assert not missing, f"README line {line}: no kept run matches row(s) {missing}"
-    printed = printed_seed_counts(line, argv)
+    printed = printed_seed_counts(line, asked=len({seed for _, seed, _ in status}))
     if printed:  # the table printed below the command: as many seeds per row as it says
         assert reused == printed, f"README line {line}: seeds reused {reused}, the README's table says {printed}"
