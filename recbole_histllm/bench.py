@@ -2,13 +2,15 @@
 
     python -m recbole_histllm.bench --dataset=ml-100k [--llm_path=PATH|random:qwen2-1.5b] \
         [--history=1,5,10,20] [--rows=64] [--batch_size=8] [--device=cpu|cuda] [--output_dir=DIR]
-    python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] ...
+    python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] [--precision] ...
 
 ``--speed``: the speed switches (``prefix_cache``, ``length_buckets``) off and then on, in one run on
 the same rows of one HistLLM: stage-1 training (LoRA on the TALLRec prompt), stage-2 training (LoRA
 frozen) and inference (stage 2 on test rows, the trainer's ``score_rows``) in rows/s, side by side
 with their ratios and the LLM tokens per row (padding included, the cached prefix excluded); writes
-``speed.csv``. The history sweep below is the default mode.
+``speed.csv``. ``--speed --precision`` compares float32 with bf16 autocast instead (both with the switches on;
+bf16 is forced even where :func:`recbole_histllm.llm.bf16_supported` says it does not pay off, to measure that).
+The history sweep below is the default mode.
 
 For every history length n and both variants it measures, on the same rows: LLM input tokens
 per sample, stage-2 training samples/s (LoRA frozen, UHEM + mapping modules trained), inference
@@ -117,8 +119,10 @@ def _llm_tokens(model, dataset, batches: list[torch.Tensor], prefix_runs: int) -
     return (total + shared * max(prefix_runs, 0)) / max(rows, 1)
 
 
-def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: torch.device, seed: int = 0) -> list:
-    """rows/s of stage-1 training, stage-2 training and inference with the speed switches off, then on."""
+def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: torch.device, seed: int = 0,
+          precision: bool = False) -> list:
+    """rows/s of stage-1 training, stage-2 training and inference with the speed switches off, then on; with
+    ``precision``, the switches on and the LLM in float32, then under (forced) bf16 autocast."""
     from recbole_histllm.trainer.llm_trainer import LLMTrainer
 
     gen = torch.Generator().manual_seed(seed)
@@ -175,8 +179,15 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
             continue
         for on in (False, True):
             for key in SPEED_SWITCHES:
-                config[key] = on
-            records.append({"phase": phase, "switches": "on" if on else "off", **run(on)})
+                config[key] = on or precision
+            if precision:  # the model's own autocast off: the context decides (bf16 forced where not native)
+                model.bf16 = False
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on):
+                    result = run(True)
+            else:
+                result = run(on)
+            setting = ("bf16" if on else "fp32") if precision else ("on" if on else "off")
+            records.append({"phase": phase, "setting": setting, **result})
     return records
 
 
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the CSV and plots go (--out: the former name)")
     parser.add_argument("--speed", action="store_true",
                         help="the speed switches (prefix_cache, length_buckets) off vs on, same rows, one run")
+    parser.add_argument("--precision", action="store_true",
+                        help="with --speed: float32 vs bf16 autocast (switches on), same rows, one run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,7 +299,8 @@ def main_speed(args, device: torch.device, out: Path) -> int:
     ensure_dataset(config)
     train, _, test = data_preparation(config, create_dataset(config))
     model = HistLLM(config, train._dataset).to(config["device"])
-    records = speed(config, model, train._dataset, test._dataset, args.rows, args.batch_size, device)
+    records = speed(config, model, train._dataset, test._dataset, args.rows, args.batch_size, device,
+                    precision=args.precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     llm = args.llm_path or "SmolLM2-135M-Instruct"
     with open(out / "speed.csv", "w", newline="") as handle:
@@ -295,16 +309,19 @@ def main_speed(args, device: torch.device, out: Path) -> int:
         for r in records:
             writer.writerow({"device": name, "llm": llm, "dataset": args.dataset, "rows": args.rows,
                              "batch_size": args.batch_size, **r})
-    autocast = "bf16 autocast" if config["bf16"] else "fp32"
-    print(f"\n{llm} on {name}, {args.dataset}, HistLLM history_len {config['history_len']}, training batch"
-          f" {args.batch_size}, eval batch {config['eval_batch_size']}, {args.rows} rows, {autocast};"
-          f" switches {' + '.join(SPEED_SWITCHES)} off -> on")
-    print(f"{'phase':<17} | {'rows/s off':>10} | {'rows/s on':>9} | {'on/off':>6} | {'LLM tokens/row off -> on':>24}")
+    a, b = ("fp32", "bf16") if args.precision else ("off", "on")
+    compared = ("float32 -> bf16 autocast, switches " + " + ".join(SPEED_SWITCHES) + " on" if args.precision else
+                f"{model.precision}; switches {' + '.join(SPEED_SWITCHES)} off -> on")
+    print(f"\n{llm} on {name} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}), {args.dataset},"
+          f" HistLLM history_len {config['history_len']}, training batch {args.batch_size}, eval batch"
+          f" {config['eval_batch_size']}, {args.rows} rows; {compared}")
+    print(f"{'phase':<17} | {'rows/s ' + a:>11} | {'rows/s ' + b:>11} | {b + '/' + a:>9} |"
+          f" {'LLM tokens/row ' + a + ' -> ' + b:>28}")
     for phase in dict.fromkeys(r["phase"] for r in records):
-        off, on = (next(r for r in records if r["phase"] == phase and r["switches"] == s) for s in ("off", "on"))
-        print(f"{phase:<17} | {off['rows_per_s']:10.2f} | {on['rows_per_s']:9.2f} |"
-              f" {on['rows_per_s'] / off['rows_per_s']:5.2f}x |"
-              f" {off['tokens_per_row']:10.1f} -> {on['tokens_per_row']:9.1f}")
+        x, y = (next(r for r in records if r["phase"] == phase and r["setting"] == s) for s in (a, b))
+        print(f"{phase:<17} | {x['rows_per_s']:11.2f} | {y['rows_per_s']:11.2f} |"
+              f" {y['rows_per_s'] / x['rows_per_s']:8.2f}x |"
+              f" {x['tokens_per_row']:14.1f} -> {y['tokens_per_row']:9.1f}")
     print(f"written: {out / 'speed.csv'}")
     return 0
 

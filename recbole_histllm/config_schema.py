@@ -220,7 +220,8 @@ SCHEMA: dict[str, Rule] = {
     "llm_cache_dir": PathTo("where a packaged GGUF backbone is dequantised once (~ = ~/.cache/recbole_histllm)",
                             "folder"),
     "llm_dtype": Choice("backbone weights dtype", "float32", "bfloat16", "float16", "auto"),
-    "bf16": Bool("bf16 autocast where the device supports it"),
+    "bf16": Bool("bf16 autocast where the device runs bf16 natively (CUDA with bf16; CPUs with AVX-512 or AMX), "
+                 "else float32 with a warning; result.json's `precision` says which ran"),
     "gradient_checkpointing": Bool("recompute the backbone's activations in backward"),
     "load_in_8bit": Bool("8-bit backbone weights (bitsandbytes, CUDA only)"),
     "load_in_4bit": Bool("4-bit NF4 backbone weights (QLoRA; bitsandbytes, CUDA only)"),

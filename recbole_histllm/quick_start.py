@@ -260,6 +260,7 @@ def run(
         "test_rows_in_split": full_test_rows,
         "wall_time_s": times,
         "stages": getattr(trainer, "stage_summaries", None),
+        "precision": getattr(net, "precision", None),  # LLM models: "bf16 autocast" or "float32" (CPU-dependent)
         "checkpoint": trainer.saved_model_file,
         "versions": package_versions(),
         "code": code_version(),

@@ -28,6 +28,29 @@ def first_rows(loader, n=6):
     return loader._dataset[torch.arange(n)]
 
 
+def test_precision_falls_back_to_float32_without_native_bf16(tiny_root, tmp_path, monkeypatch, caplog):
+    from recbole_histllm.llm import lora
+
+    monkeypatch.setattr(lora, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        _, model, train, _, _ = build(tiny_root, tmp_path, bf16=True)
+    assert model.precision == "float32"
+    assert any("the LLM runs in float32" in r.getMessage() and "CPU capability" in r.getMessage()
+               for r in caplog.records)
+    seen = []
+    monkeypatch.setattr(model.llm, "forward", lambda *a, _f=model.llm.forward, **k: seen.append(
+        torch.is_autocast_enabled("cpu")) or _f(*a, **k))
+    model.set_stage(2)
+    with torch.no_grad():
+        model.predict(first_rows(train, 2))
+    assert seen and not any(seen)
+    monkeypatch.setattr(lora, "cpu_has_native_bf16", lambda: True)
+    assert model.precision == "bf16 autocast"
+    with torch.no_grad():
+        model.predict(first_rows(train, 2))
+    assert seen[-1]
+
+
 def test_stage_prompts_and_slot_positions(tiny_root, tmp_path):
     config, model, train, _, _ = build(tiny_root, tmp_path)
     inter = first_rows(train)

@@ -137,6 +137,37 @@ def test_autocast_and_checkpointing(tok):
         assert not torch.is_autocast_enabled("cpu")
 
 
+def test_bf16_autocast_only_where_the_cpu_runs_it_natively(monkeypatch):
+    """On a CPU without native bf16 (AVX2 only) torch emulates bf16 autocast, 5-22x slower than float32: there
+    autocast() is a no-op and the LLM runs in float32."""
+    from recbole_histllm.llm import lora
+
+    monkeypatch.setattr(lora, "cpu_has_native_bf16", lambda: False)
+    assert not lora.bf16_supported("cpu")
+    with autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(lora, "cpu_has_native_bf16", lambda: True)
+    assert lora.bf16_supported("cpu")
+    with autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu")
+    with autocast("cpu", enabled=False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_native_bf16_check_agrees_with_the_cpu_flags():
+    """oneDNN's check against the kernel's own flags: AVX-512 (BW, VL, DQ) or AMX-BF16 on x86."""
+    from pathlib import Path
+
+    from recbole_histllm.llm import lora
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file() or "flags" not in info.read_text():
+        pytest.skip("no x86 /proc/cpuinfo here")
+    flags = set(next(line for line in info.read_text().splitlines() if line.startswith("flags")).split(":")[1].split())
+    native = {"avx512bw", "avx512vl", "avx512dq"} <= flags or "amx_bf16" in flags
+    assert lora.cpu_has_native_bf16() == native
+
+
 def test_answer_logits_exact_under_bf16_autocast(tok):
     """Yes/No logits of ~14 (a real backbone's size): the float32 readout keeps every row's score
     distinct and equals an fp32 head over the same hidden state; the LM head's bf16 output ties."""
@@ -151,7 +182,8 @@ def test_answer_logits_exact_under_bf16_autocast(tok):
         head[ans.no] = common * 4 + 0.02 * torch.randn(head.shape[1], generator=gen)
     rows = [_sample(i % 7, f"Movie number {i}") for i in range(48)]
     batch = b(rows)
-    with torch.no_grad(), autocast("cpu"):
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # forced: autocast() is float32 on CPUs without native bf16
+    with torch.no_grad(), bf16:
         hidden = final_hidden_state(model, batch.attention_mask, input_ids=batch.input_ids)
         exact = answer_logits(model, hidden, ans)
         lm_head = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1]
@@ -163,7 +195,7 @@ def test_answer_logits_exact_under_bf16_autocast(tok):
     assert len(torch.unique(gap)) == len(rows)
     assert len(torch.unique(old[:, 0] - old[:, 1])) < len(rows) // 2
     # score_batch (every model's path) uses the exact readout
-    with torch.no_grad(), autocast("cpu"):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(score_batch(model, batch, ans), exact)
 
 

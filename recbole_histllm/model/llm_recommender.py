@@ -41,6 +41,7 @@ from recbole_histllm.llm import (
     QuantizationUnavailableError,
     apply_lora,
     autocast,
+    bf16_supported,
     compute_prefix_kv,
     enable_gradient_checkpointing,
     encode_item_texts,
@@ -160,7 +161,13 @@ class LLMRecommender(AbstractRecommender):
         self.HISTORY = config["HISTORY_FIELD"] or "history"
         self.history_len = int(config["history_len"])
         self.n_users, self.n_items = dataset.num(self.USER_ID), dataset.num(self.ITEM_ID)
-        self.bf16 = bool(config["bf16"])
+        self.bf16 = bool(config["bf16"])  # asked for; :func:`autocast` applies it where it pays off (``precision``)
+        if self.bf16 and not bf16_supported(self.device):
+            cpu = torch.backends.cpu.get_cpu_capability()
+            why = ("this GPU has no bf16" if torch.device(self.device).type == "cuda" else
+                   f"this CPU has no native bf16 (torch's CPU capability: {cpu}; no AVX-512 or AMX), where emulated"
+                   " bf16 autocast measured 5-22x slower than float32")
+            logger.warning(f"bf16: True, but {why}: the LLM runs in float32")
 
         self.llm, self.tokenizer = self._load_llm(config)
         self.hidden = self.llm.get_input_embeddings().embedding_dim
@@ -197,6 +204,12 @@ class LLMRecommender(AbstractRecommender):
         self.set_stage(self.stage)
 
     # ---- construction hooks ---------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """What the LLM's body computes in: ``"bf16 autocast"`` where ``bf16`` asks for it and the device runs it
+        natively, else ``"float32"`` (the Yes/No readout is float32 either way)."""
+        return "bf16 autocast" if self.bf16 and bf16_supported(self.device) else "float32"
+
     def build_templates(self) -> dict[int, PromptTemplate]:
         """Prompt per training stage (1: LoRA, 2: mapping modules / UHEM). Subclasses override."""
         raise NotImplementedError
