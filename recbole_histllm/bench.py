@@ -55,6 +55,13 @@ def _build(dataset: str, overrides: dict):
     return config, model, train._dataset
 
 
+def _device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's thread count and torch's capability (AVX2, AVX512: whether bf16 is native)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU x{torch.get_num_threads()} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def measure(model, dataset, rows: torch.Tensor, batch_size: int, device: torch.device, steps: int) -> dict:
     """Tokens/sample, stage-2 training and inference samples/s, peak memory for one model."""
     model.set_stage(2)
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    name = _device_name(device)
     llm = args.llm_path or "SmolLM2-135M-Instruct"
     with open(out / "bench.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["device", "llm", *records[0]])
@@ -301,7 +308,7 @@ def main_speed(args, device: torch.device, out: Path) -> int:
     model = HistLLM(config, train._dataset).to(config["device"])
     records = speed(config, model, train._dataset, test._dataset, args.rows, args.batch_size, device,
                     precision=args.precision)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    name = _device_name(device)
     llm = args.llm_path or "SmolLM2-135M-Instruct"
     with open(out / "speed.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["device", "llm", "dataset", "rows", "batch_size", *records[0]])
@@ -312,7 +319,7 @@ def main_speed(args, device: torch.device, out: Path) -> int:
     a, b = ("fp32", "bf16") if args.precision else ("off", "on")
     compared = ("float32 -> bf16 autocast, switches " + " + ".join(SPEED_SWITCHES) + " on" if args.precision else
                 f"{model.precision}; switches {' + '.join(SPEED_SWITCHES)} off -> on")
-    print(f"\n{llm} on {name} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}), {args.dataset},"
+    print(f"\n{llm} on {name}, {args.dataset},"
           f" HistLLM history_len {config['history_len']}, training batch {args.batch_size}, eval batch"
           f" {config['eval_batch_size']}, {args.rows} rows; {compared}")
     print(f"{'phase':<17} | {'rows/s ' + a:>11} | {'rows/s ' + b:>11} | {b + '/' + a:>9} |"
