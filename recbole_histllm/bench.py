@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_steps", type=int, default=4, help="stage-2 training steps per point")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", help="weights dtype (bf16 autocast is on either way)")
+    parser.add_argument("--dtype", default="float32",
+                        help="weights dtype (bf16 autocast where the device runs it natively, either way)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output_dir", "--out", dest="out", default="saved/bench",
                         help="where the CSV and plots go (--out: the former name)")
