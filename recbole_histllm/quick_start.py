@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -94,8 +95,29 @@ def ensure_dataset(config: Config) -> Path:
 
 
 def default_output_dir(model: str, dataset: str) -> Path:
+    """``saved/<model>-<dataset>-<time>``; under torchrun ``saved/<model>-<dataset>-torchrun-<run id>``, so that
+    every rank names the same folder (their clocks may straddle a second; ``--standalone`` gives each launch its
+    own run id)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if distributed.launched_world_size() > 1 and run_id not in ("", "none"):
+        return Path("saved") / f"{model}-{dataset}-torchrun-{run_id}"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("saved") / f"{model}-{dataset}-{stamp}"
+
+
+def claim_output_dir(path: Path) -> Path:
+    """Create ``path`` as a new folder, or ``path-2``, ``path-3``, ... when another run holds the name already:
+    two runs started in the same second would otherwise share ``saved/<model>-<dataset>-<time>`` and
+    overwrite each other's checkpoints."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise UsageError(f"{path}: no free folder name (tried -2 to -999); pass --output_dir")
 
 
 def package_versions() -> dict[str, str]:
@@ -188,10 +210,11 @@ def run(
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset``, evaluate on valid and test, write the result files.
 
-    Returns the content of ``result.json``; ``output_dir`` receives ``result.json``,
-    ``test_predictions.csv`` and the best checkpoint.
+    Returns the content of ``result.json`` and ``output_dir``, the folder that received ``result.json``,
+    ``test_predictions.csv`` and the best checkpoint (default: a new ``saved/<model>-<dataset>-<time>``).
     """
     config_dict = dict(config_dict or {})
+    claim = not output_dir and distributed.launched_world_size() == 1  # a default name: make it this run's own
     output_dir = Path(output_dir) if output_dir else default_output_dir(model, dataset)
     try:
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
@@ -205,7 +228,10 @@ def run(
         )
     check_config(config)  # every bad value at once, before any data or model is built
     check_dataset(config)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if claim:
+        output_dir = claim_output_dir(output_dir)
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
     config["checkpoint_dir"] = str(output_dir)
     init_seed(config["seed"], config["reproducibility"])
     with distributed.main_first():  # RecBole creates ./log/<model> unguarded: ranks would race for it
@@ -273,7 +299,7 @@ def run(
             json.dump(_jsonable(result), handle, indent=2)
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
-    return result
+    return {**result, "output_dir": str(output_dir)}  # (not in result.json: a folder may be moved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         model, dataset = args.pop("model"), args.pop("dataset")
         files = args.pop("config_files", "").split()
-        output_dir = Path(args.pop("output_dir", "") or default_output_dir(model, dataset))
+        output_dir = args.pop("output_dir", "") or None
         args.pop("debug", None)
-        run(model, dataset, files, args, output_dir)
-        print(f"results written to {output_dir}")
+        result = run(model, dataset, files, args, output_dir)
+        print(f"results written to {result['output_dir']}")
         return 0
 
     return run_command(train, wants_debug(argv))

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from recbole.evaluator.metrics import MRR, NDCG, Recall
 
+from recbole_histllm.quick_start import claim_output_dir, default_output_dir
 from recbole_histllm.run_io import Run, cli_main, load_run
 from recbole_histllm.utils import InputError, UsageError
 
@@ -144,9 +145,11 @@ def command(args: dict[str, str]) -> int:
     result.update(run=str(llm_dir), mf_run=str(mf_dir), model=llm.result["model"], mf_model=mf.result["model"],
                   dataset=llm.result["dataset"], seed=llm.config["seed"],
                   finished=datetime.now().isoformat(timespec="seconds"))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(output_dir or Path("saved") / f"rerank-{llm.result['model']}-{llm.result['dataset']}-{stamp}")
-    out.mkdir(parents=True, exist_ok=True)
+    if output_dir:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out = claim_output_dir(default_output_dir(f"rerank-{llm.result['model']}", llm.result["dataset"]))
     rows.to_csv(out / "rerank_candidates.csv", index=False)
     (out / "rerank.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"{result['users']} users x {result['rerank_k']} MF candidates ({mf.result['model']} -> "

@@ -35,6 +35,7 @@ from recbole_histllm.model.llm_recommender import LLMRecommender
 from recbole_histllm.quick_start import (
     EVAL_ONLY_FLAGS,
     _jsonable,
+    claim_output_dir,
     code_version,
     default_output_dir,
     package_versions,
@@ -325,7 +326,7 @@ def evaluate_run(folder: str | Path, output_dir: str | Path | None = None, **ove
     start = time.time()
     run = load_run(folder, **overrides)
     model, dataset = run.result["model"], run.result["dataset"]
-    output_dir = Path(output_dir) if output_dir else default_output_dir(f"{model}-eval", dataset)
+    output_dir = Path(output_dir) if output_dir else claim_output_dir(default_output_dir(f"{model}-eval", dataset))
     if output_dir.resolve() == folder.resolve() or (output_dir / "result.json").exists():
         raise UsageError(f"--output_dir={output_dir} already holds a result: eval_only writes a new folder")
     output_dir.mkdir(parents=True, exist_ok=True)
