@@ -14,7 +14,9 @@ run (its ``result.json``) is reused, from there or from any folder under ``--run
 config equals the run's config, so a table builds incrementally and survives a kill (the LLM
 stages resume from their checkpoints). A table holds runs of ONE code version (``result.json``'s
 commit): runs of several stop it with one line naming them, before any launch, unless
-``--allow_mixed``. Keys given on the command line are passed to every run.
+``--allow_mixed``. The same config computes differently by machine (bf16 autocast where native, float32
+elsewhere: ``result.json``'s ``precision``): LLM runs of several precisions are named in the caption, with
+a warning. Keys given on the command line are passed to every run.
 ``--dry_run`` lists what would run; ``--reuse_only`` builds the table from the finished runs alone
 (a row or seed without one is reported, not run; rows with fewer seeds than asked are marked).
 
@@ -396,6 +398,20 @@ def code_versions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
     return counts
 
 
+def precisions(runs: dict[tuple[int, int], Path]) -> dict[str, int]:
+    """``{precision: runs}`` over a table's LLM runs (``result.json``'s ``precision``: ``bf16 autocast`` or
+    ``float32``, decided by the machine for the same config); LLM runs older than that entry count as
+    ``unrecorded``. Runs without stage summaries (MF, DeepFM, ...) are not LLM runs and are left out."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        result = read_result(run / "result.json") or {}
+        if not result.get("stages"):
+            continue
+        label = result.get("precision") or "unrecorded"
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def check_one_version(rows: list[Row], runs: dict[tuple[int, int], Path], to_launch: list[tuple[int, int]],
                       allow_mixed: bool) -> None:
     """Stop (:class:`UsageError`, one line) before anything is launched when the table would hold runs of
@@ -595,6 +611,11 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     versions = code_versions(runs)
     if len(versions) > 1:  # only with allow_mixed (check_one_version): the caption says which versions
         caption += " Runs of several code versions: " + ", ".join(f"{v} ({n})" for v, n in versions.items()) + "."
+    computed = precisions(runs)
+    if len(computed) > 1:  # the config matched, the numerics did not: a bf16 machine and a float32 one
+        said = ", ".join(f"{p} ({n})" for p, n in computed.items())
+        caption += f" LLM runs of several precisions: {said}."
+        print(f"warning: the table's LLM runs were computed at several precisions ({said})", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     table.assign(test_rows=n_common).to_csv(root / f"table_{kind}.csv", index=False)
     (root / f"table_{kind}.md").write_text(to_markdown(table, kind, caption, len(seeds)), encoding="utf-8")

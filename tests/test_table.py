@@ -352,6 +352,39 @@ def test_runs_of_two_commits_stop_the_table_unless_allowed(tiny_root, tmp_path, 
     assert "(this checkout): Other x1" in capsys.readouterr().err
 
 
+def test_precisions_of_a_tables_llm_runs(tmp_path):
+    from recbole_histllm.table import precisions
+
+    results = [{"stages": {"stage2": {}}, "precision": "float32"}, {"stages": {"stage2": {}}, "precision":
+               "bf16 autocast"}, {"stages": {"stage2": {}}}, {"stages": None, "precision": None}, {},
+               {"stages": {"stage2": {}}, "precision": "float32"}]
+    runs = {}
+    for i, result in enumerate(results):
+        run = tmp_path / f"r{i}"
+        run.mkdir()
+        (run / "result.json").write_text(json.dumps(result))
+        runs[(i, 2020)] = run
+    assert precisions(runs) == {"float32": 2, "bf16 autocast": 1, "unrecorded": 1}  # MF runs left out
+
+
+def test_a_table_of_two_precisions_says_so(tiny_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    common = ["--dataset=tiny", f"--data_path={tiny_root}", "--epochs=1"]
+    models = "--models=MF,Other=MF:learning_rate=0.5"
+    assert tbl.main([*common, models, f"--out={runs}"]) == 0
+    args = [*common, models, "--reuse_only", f"--runs={runs}", f"--out={tmp_path / 'tables'}"]
+    assert tbl.main(args) == 0
+    assert "precision" not in (tmp_path / "tables" / "tiny" / "table_main.md").read_text()
+    for path, precision in zip(sorted(runs.glob("tiny/*/seed2020/result.json")), ["float32", "bf16 autocast"]):
+        result = json.loads(path.read_text())  # as if both were LLM runs, computed on two machines
+        path.write_text(json.dumps({**result, "stages": {"stage2": {}}, "precision": precision}))
+    capsys.readouterr()
+    assert tbl.main(args) == 0
+    assert "several precisions (float32 (1), bf16 autocast (1))" in capsys.readouterr().out
+    caption = (tmp_path / "tables" / "tiny" / "table_main.md").read_text()
+    assert "LLM runs of several precisions: float32 (1), bf16 autocast (1)." in caption
+
+
 def test_mind_runs_get_the_impression_metrics_recomputed_and_rendered(tmp_path):
     """Predictions with an impression_id column (MIND): MIND's metrics per run, columns in the table."""
     import numpy as np
