@@ -167,7 +167,8 @@ class LLMRecommender(AbstractRecommender):
             why = ("this GPU has no bf16" if torch.device(self.device).type == "cuda" else
                    f"this CPU has no native bf16 (torch's CPU capability: {cpu}; no AVX-512 or AMX), where emulated"
                    " bf16 autocast measured 5-22x slower than float32")
-            logger.warning(f"bf16: True, but {why}: the LLM runs in float32")
+            logger.warning(f"bf16: True, but {why}: the LLM runs in float32 (which trains the CPU profile worse than"
+                           " bf16: README, 'Precision and the CPU')")
 
         self.llm, self.tokenizer = self._load_llm(config)
         self.hidden = self.llm.get_input_embeddings().embedding_dim
