@@ -106,3 +106,30 @@ def test_real_backbone_lora_steps_reduce_loss(one_thread):
     after = lora_state_dict(model)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(model.get_input_embeddings().weight, frozen_before)
+
+
+def _site(root, digest: str, record: bool = True):
+    """A fake site-packages with one wheel-installed GGUF (``llm_fake``), optionally without a RECORD entry."""
+    package = root / "site-packages" / "llm_fake"
+    package.mkdir(parents=True)
+    gguf = package / "fake.Q4.gguf"
+    gguf.write_bytes(b"GGUF" * 8)
+    info = root / "site-packages" / "llm_fake-0.1.0.dist-info"
+    info.mkdir()
+    lines = ["llm_fake/__init__.py,,", "llm_fake-0.1.0.dist-info/RECORD,,"]
+    if record:
+        lines.insert(1, f"llm_fake/fake.Q4.gguf,sha256={digest},32")
+    (info / "RECORD").write_text("\n".join(lines) + "\n")
+    return gguf
+
+
+def test_cache_fingerprint_is_the_same_in_every_venv_of_one_wheel(tmp_path):
+    """Two venvs with the same wheel (a dev venv and CI's): one cached copy serves both; another wheel, or a
+    file no wheel records, does not match."""
+    fingerprint = backbone_mod._source_fingerprint
+    dev, ci = _site(tmp_path / "dev", "abc"), _site(tmp_path / "ci", "abc")
+    assert fingerprint([dev]) == fingerprint([ci]) == {"gguf": "fake.Q4.gguf", "size": 32, "hash": "sha256=abc"}
+    assert fingerprint([_site(tmp_path / "new", "def")]) != fingerprint([dev])
+    loose = [_site(tmp_path / "a", "", record=False), _site(tmp_path / "b", "", record=False)]
+    assert fingerprint(loose[:1])["gguf"] == str(loose[0])  # path, size and mtime, as before
+    assert fingerprint(loose[:1]) != fingerprint(loose[1:])

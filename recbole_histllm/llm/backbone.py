@@ -225,9 +225,38 @@ def _clear_gguf_quantizer(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
+def _record_hash(path: Path) -> str | None:
+    """The hash that the installed wheel's ``RECORD`` lists for ``path`` (``sha256=...``), or None when no
+    ``*.dist-info`` next to the package folder lists it (a file not installed from a wheel)."""
+    for root in path.parents[1:]:
+        infos = list(root.glob("*.dist-info"))
+        if not infos:
+            continue
+        rel = path.relative_to(root).as_posix()
+        top = rel.split("/")[0].lower().replace("-", "_")
+        mine = [i for i in infos if i.name.lower().startswith(top + "-")] or infos
+        for info in mine:
+            try:
+                lines = (info / "RECORD").read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if line.startswith(rel + ","):
+                    return line.split(",")[1] or None
+        return None
+    return None
+
+
 def _source_fingerprint(sources: list[Path]) -> dict:
-    """What the cache marker records: path, size and mtime of the GGUF (or of each of its parts)."""
-    stats = [{"gguf": str(p), "size": p.stat().st_size, "mtime": int(p.stat().st_mtime)} for p in sources]
+    """What the cache marker records for the GGUF (or each of its parts): its name, size and the sha256 its wheel
+    recorded, the same in every venv that installed that wheel (a dev venv and CI's share one cache); for a file
+    no wheel records, its path, size and mtime."""
+    stats = []
+    for p in sources:
+        digest = _record_hash(p)
+        size = p.stat().st_size
+        stats.append({"gguf": p.name, "size": size, "hash": digest} if digest else
+                     {"gguf": str(p), "size": size, "mtime": int(p.stat().st_mtime)})
     return stats[0] if len(stats) == 1 else {"parts": stats}
 
 
