@@ -130,6 +130,9 @@ def test_stage2_freezes_lora_and_trains_modules(tiny_root, tmp_path):
     assert all(torch.equal(after_stage1[k], final[k]) for k in final)  # stage 2: bit-identical
     assert any(not torch.equal(uhem_before[k], v) for k, v in model.uhem.state_dict().items())
     assert set(trainer.stage_summaries) == {"stage0", "stage1", "stage2"}
+    stage0 = trainer.stage_summaries["stage0"]  # MF's best valid AUC and epoch, read back from its checkpoint
+    assert stage0["valid_metric"] == "AUC" and 0.0 <= stage0["best_valid_score"] <= 1.0
+    assert isinstance(stage0["best_epoch"], int) and stage0["best_epoch"] >= 0
     # only trainable weights are checkpointed, never the backbone
     saved = torch.load(trainer.saved_model_file, weights_only=False)["state_dict"]
     assert saved and all(not k.startswith("llm.") or "lora_" in k for k in saved)
@@ -157,6 +160,7 @@ def test_interrupted_stage_resumes_from_last_finished_epoch(tiny_root, tmp_path)
     with pytest.raises(Killed):
         trainer.fit(train, valid)
     first = torch.load(tmp_path / "HistLLM-stage2.pth", weights_only=False)
+    first_stage0 = dict(trainer.stage_summaries["stage0"])
     assert first["done"] is False and first["epoch"] == 0
 
     config, model, train, valid, _ = build(tiny_root, tmp_path)
@@ -172,6 +176,8 @@ def test_interrupted_stage_resumes_from_last_finished_epoch(tiny_root, tmp_path)
     trainer.fit(train, valid)
     assert resumed_calls["n"] == 1  # only stage 2 epoch 1 ran again
     assert trainer.stage_summaries["stage0"]["source"] == "resumed"
+    for key in ("best_valid_score", "best_epoch"):  # the resumed stage 0 reports the trained one's result
+        assert trainer.stage_summaries["stage0"][key] == first_stage0[key] is not None
     epochs = trainer.stage_summaries["stage2"]["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[0] == pytest.approx(first["history"][0], nan_ok=True)  # the finished epoch was kept

@@ -239,8 +239,15 @@ class LLMTrainer(Trainer):
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
             distributed.barrier()
         self.model.load_collaborative(checkpoint, train_data._dataset)
-        self.stage_summaries["stage0"] = {"model": spec.name, "checkpoint": str(checkpoint), "source": source,
-                                          "time_s": round(time.time() - start, 2)}
+        # RecBole's Trainer saves its best epoch and valid score with the weights: recorded so that runs
+        # whose stage 0 was trained apart (e.g. table rows in separate processes) can be compared
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        score = saved.get("best_valid_score") if isinstance(saved, dict) else None
+        self.stage_summaries["stage0"] = {
+            "model": spec.name, "checkpoint": str(checkpoint), "source": source,
+            "best_epoch": saved.get("epoch") if isinstance(saved, dict) else None,
+            "best_valid_score": None if score is None else round(float(score), 4),
+            "valid_metric": self.config["valid_metric"], "time_s": round(time.time() - start, 2)}
 
     # ---- prompt stages ---------------------------------------------------------------------
     def _load_lora_stage(self, key: str, path: str) -> dict:
