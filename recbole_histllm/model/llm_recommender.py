@@ -168,9 +168,8 @@ class LLMRecommender(AbstractRecommender):
                    f"this CPU has no native bf16 (torch's CPU capability: {cpu}; no AVX-512 or AMX), where emulated"
                    " bf16 autocast measured 5-22x slower than float32")
             logger.warning(f"bf16: True, but {why}: the LLM runs in float32; on an AVX2 CPU that trained the"
-                           " CPU profile worse than bf16 at the default stage2_learning_rate, and like bf16 at"
-                           " --stage2_learning_rate=5e-4"
-                           " (README, 'Precision and the CPU')")
+                           " CPU profile worse than bf16 at the default stage2_learning_rate (three seeds), and like"
+                           " bf16 at --stage2_learning_rate=5e-4 (one seed; README, 'Precision and the CPU')")
 
         self.llm, self.tokenizer = self._load_llm(config)
         self.hidden = self.llm.get_input_embeddings().embedding_dim
