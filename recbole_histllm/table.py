@@ -3,7 +3,7 @@ r"""The paper's tables and its history-length figure as commands (Table 2, 3, 4;
     python -m recbole_histllm.table --dataset=movie --seeds=3|2021,2022 \
         [--table=main|ablation|backbone|history] [--models=MF,VBPR,...,HistLLM(Transformer)] \
         [--llm_paths=A,B] [--history=1,3,5,10,20] [--output_dir=saved/tables] [--runs=DIR,...] \
-        [--dry_run] [--reuse_only] [--allow_mixed] [--export_runs=DIR] [--cold_buckets=0,5,20] \
+        [--dry_run] [--reuse_only] [--allow_mixed] [--export_runs=DIR] [--cold_buckets=0,5,20] [--blend=MF] \
         [--any_config_key=value ...]
 
 Every row is a model with config overrides, written ``Label=Model:key=value;key=value``, a bare
@@ -39,6 +39,9 @@ layout: mean ± std over seeds, best bold, second underlined, HistLLM's relative
 averaged over AUC and UAUC as the paper's "Rel. Imp.") and ``table_<kind>.csv``; the history table
 also writes ``history.png`` (test AUC against n). ``table_<kind>_cold.md`` / ``.csv``: the same runs' AUC / UAUC
 per item-frequency bucket (items by their train rows; ``--cold_buckets=0,5,20``, :mod:`recbole_histllm.cold_start`).
+``--blend=MF``: ``table_<kind>_blend.md`` / ``.csv``, every other row's test scores averaged by rank with the
+MF row's of the same seed (:func:`blend_scores`): whether an LLM's scores carry signal MF's lack (a diagnostic,
+not a model).
 """
 
 from __future__ import annotations
@@ -449,6 +452,53 @@ def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int],
     return {key: metrics_on(f.loc[common[key[1]]]) for key, f in frames.items()}, n_common, sizes
 
 
+def blend_scores(runs: dict[tuple[int, int], Path], reference: int
+                 ) -> dict[tuple[int, int], dict[str, float]]:
+    """Each run's metrics after averaging its scores with the ``reference`` row's run of the same seed
+    by rank: on the rows every run of the seed scored (as :func:`score_runs`), each run's scores become
+    their rank over those rows divided by the row count (ties share their mean rank), and the two are
+    averaged. The reference's own key is left out; seeds without a reference run are left out.
+    A diagnostic, not a model: whether a row's scores carry signal the reference's lack."""
+    frames = {key: read_predictions(path) for key, path in runs.items()}
+    common = common_rows(frames)
+    blended = {}
+    for (i, seed), frame in frames.items():
+        if i == reference or (reference, seed) not in frames:
+            continue
+        rows = common[seed]
+        mine = frame.loc[rows, "score"].rank()  # whole or half ranks: their sum is exact, so are its ties
+        theirs = frames[(reference, seed)].loc[rows, "score"].rank()
+        blended[(i, seed)] = metrics_on(frame.loc[rows].assign(score=(mine + theirs) / (2 * len(rows))))
+    return blended
+
+
+def write_blend_table(runs: dict[tuple[int, int], Path], rows: list[Row], seeds: list[int], reference: str,
+                      dataset: str, kind: str, root: Path, n_common: str,
+                      scores: dict[tuple[int, int], dict[str, float]] | None = None) -> Path:
+    """``table_<kind>_blend.md`` / ``.csv``: the reference row, then every other row rank-averaged with it
+    (:func:`blend_scores`), mean ± std over seeds. ``scores``: :func:`score_runs`'s, when already computed."""
+    labels = [r.label for r in rows]
+    if reference not in labels:
+        raise UsageError(f"--blend={reference}: no such row in --models ({', '.join(labels)})")
+    ref = labels.index(reference)
+    scores = scores if scores is not None else score_runs(runs)[0]
+    blended = blend_scores(runs, ref)
+    shown = [Row(reference, rows[ref].model, rows[ref].overrides)] + [
+        Row(f"{r.label} + {reference} (rank mean)", r.model, r.overrides) for i, r in enumerate(rows) if i != ref]
+    keep = [i for i in range(len(rows)) if i != ref]
+    merged = {(0, s): v for (i, s), v in scores.items() if i == ref}
+    merged.update({(1 + keep.index(i), s): v for (i, s), v in blended.items()})
+    table = summarise(shown, seeds, merged)
+    caption = (f"{dataset}: test AUC / UAUC of each row's scores averaged by rank with {reference}'s of the same "
+               f"seed (each score's rank over the seed's {n_common} common test rows / their count), "
+               f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}). A diagnostic of complementary signal, "
+               "not a model.")
+    table.to_csv(root / f"table_{kind}_blend.csv", index=False)
+    path = root / f"table_{kind}_blend.md"
+    path.write_text(to_markdown(table, "ablation", caption, len(seeds)), encoding="utf-8")
+    return path
+
+
 # ---- rendering ------------------------------------------------------------------------------------
 def summarise(rows: list[Row], seeds: list[int], scores: dict[tuple[int, int], dict[str, float]]) -> pd.DataFrame:
     records = []
@@ -556,7 +606,7 @@ def launch_sharing(row: Row, dataset: str, seed: int, extra: dict[str, Any], own
 def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dict[str, Any], out: Path,
           search: list[Path], dry_run: bool = False, reuse_only: bool = False,
           export: Path | None = None, cold_edges: tuple[int, ...] | None = None,
-          allow_mixed: bool = False) -> pd.DataFrame | None:
+          allow_mixed: bool = False, blend: str | None = None) -> pd.DataFrame | None:
     """Find or run every (row, seed), score them on their common rows, write the table files.
 
     With ``reuse_only`` the missing (row, seed) runs are skipped: the table holds what has finished.
@@ -565,8 +615,11 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     (:class:`SharedStages`): a seed's first run trains them, the later ones load them.
     ``export``: :func:`export_runs` of every run the table used. ``cold_edges``: also the cold-start
     breakdown (:mod:`recbole_histllm.cold_start`) with these bucket edges. Runs of several code versions
-    stop the table before any launch unless ``allow_mixed`` (:func:`check_one_version`).
+    stop the table before any launch unless ``allow_mixed`` (:func:`check_one_version`). ``blend``: a row
+    label; also :func:`write_blend_table`, every other row rank-averaged with that row.
     """
+    if blend is not None and blend not in [r.label for r in rows]:  # before any run is launched
+        raise UsageError(f"--blend={blend}: no such row in --models ({', '.join(r.label for r in rows)})")
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
     missing = []
@@ -628,6 +681,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
             for stale in (root / f"table_{kind}_cold.md", root / f"table_{kind}_cold.csv"):
                 stale.unlink(missing_ok=True)
             print(f"warning: cold-start table not written: {err}", flush=True)
+    if blend is not None:
+        write_blend_table(runs, rows, seeds, blend, dataset, kind, root, n_common, scores)
     if export is not None:
         written = export_runs(runs, rows, dataset, extra, export)
         print(f"exported {len(written)} runs (result.json, test_predictions.csv.gz) to {export / dataset}",
@@ -680,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
         reuse_only = args.pop("reuse_only", "False").lower() in ("true", "1")
         allow_mixed = args.pop("allow_mixed", "False").lower() in ("true", "1")
         export = args.pop("export_runs", None)
+        blend = args.pop("blend", None)
+        if blend is not None and blend in ("True", "None", ""):
+            raise UsageError("--blend needs a row label: --blend=MF")
         cold_edges = parse_edges(args.pop("cold_buckets")) if "cold_buckets" in args else DEFAULT_EDGES
         if export is not None and export in ("True", "None", ""):
             raise UsageError("--export_runs needs a folder: --export_runs=DIR")
@@ -689,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:  # the values are checked here once, not by every run this table would launch
             raise UsageError("\n".join(dict.fromkeys(errors)))
         table = build(dataset, kind, expand(kind, rows, llm_paths, history), seeds, extra, out, search, dry_run,
-                      reuse_only, Path(export) if export is not None else None, cold_edges, allow_mixed)
+                      reuse_only, Path(export) if export is not None else None, cold_edges, allow_mixed, blend)
     except (UsageError, RuntimeError) as err:
         for line in str(err).splitlines() or [""]:
             print(f"error: {line}", file=sys.stderr)
@@ -701,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
         if cold.is_file():
             print(cold.read_text(encoding="utf-8"))
             print(f"written: {cold} and .csv (cold-start breakdown)")
+        blended = out / dataset / f"table_{kind}_blend.md"
+        if blend is not None and blended.is_file():
+            print(blended.read_text(encoding="utf-8"))
+            print(f"written: {blended} and .csv (rank mean with {blend})")
     return 0
 
 

@@ -59,6 +59,11 @@ def test_table_runs_reuses_and_recomputes(tiny_root, tmp_path, capsys, monkeypat
     capsys.readouterr()
     assert tbl.main(args) == 0
     assert capsys.readouterr().out.count("reused") == 4
+    # --blend=MF on the same runs: the other row rank-averaged with MF, printed and written
+    assert tbl.main([*args, "--blend=MF"]) == 0
+    assert "| Slow MF + MF (rank mean) |" in capsys.readouterr().out
+    blend = pd.read_csv(out / "tiny" / "table_main_blend.csv")
+    assert list(blend.label) == ["MF", "Slow MF + MF (rank mean)"] and list(blend.seeds) == [2, 2]
 
 
 def test_runs_on_a_test_subset_compare_on_common_rows(tiny_root, tmp_path):
@@ -410,3 +415,54 @@ def test_mind_runs_get_the_impression_metrics_recomputed_and_rendered(tmp_path):
     text = tbl.to_markdown(table, "main", "caption")
     assert "| Group | Method | AUC | UAUC | Rel. Imp. | Imp. AUC | MRR | nDCG@5 | nDCG@10 |" in text
     assert f"{scores[(0, 2020)]['imp_mrr']:.4f}" in text.splitlines()[4]
+
+
+def test_blend_with_a_reference_row_matches_an_independent_rank_mean(tmp_path, capsys):
+    """--blend=MF: each other row's scores rank-averaged with MF's of the same seed, on the common rows."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    users = [str(u) for u in range(30) for _ in range(8)]
+    items = [str(k) for _ in range(30) for k in range(8)]
+    labels = (rng.random(240) < 0.4).astype(int)
+    root = tmp_path / "runs" / "ml-100k"
+    preds = {}
+    for label, noise in (("MF", 1.0), ("LLM", 1.5)):
+        for seed in (2020, 2021):
+            score = labels + noise * rng.standard_normal(240)
+            if label == "LLM":
+                score = np.round(score * 4) / 4  # ties (exact in binary and in the CSV): they share their mean rank
+            frame = pd.DataFrame({"user_id": users, "item_id": items, "label": labels, "score": score})
+            if label == "LLM" and seed == 2021:
+                frame = frame.iloc[8:]  # one user fewer: the blend is on the seed's common rows
+            run = root / f"{label}-x" / f"seed{seed}"
+            run.mkdir(parents=True)
+            frame.to_csv(run / "test_predictions.csv", index=False)
+            preds[(label, seed)] = frame
+    runs = {(i, s): root / f"{label}-x" / f"seed{s}" for i, label in enumerate(("MF", "LLM")) for s in (2020, 2021)}
+    blended = tbl.blend_scores(runs, reference=0)
+    assert set(blended) == {(1, 2020), (1, 2021)}
+    for seed, start in ((2020, 0), (2021, 8)):
+        mf, llm = preds[("MF", seed)].iloc[start:], preds[("LLM", seed)]
+        mean = (rankdata(mf.score.to_numpy()) + rankdata(llm.score.to_numpy())) / (2 * len(llm))
+        assert blended[(1, seed)]["auc"] == pytest.approx(roc_auc_score(llm.label, mean), abs=1e-12)
+        per_user = [roc_auc_score(llm.label[m], mean[m]) for m in (llm.user_id == u for u in dict.fromkeys(llm.user_id))
+                    if llm.label[m].nunique() == 2]
+        assert blended[(1, seed)]["uauc"] == pytest.approx(float(np.mean(per_user)), abs=1e-12)
+    rows = tbl.parse_rows("MF,LLM=MF:learning_rate=0.5")
+    path = tbl.write_blend_table(runs, rows, [2020, 2021], "MF", "ml-100k", "main", root, "232-240")
+    text = path.read_text()
+    assert "| LLM + MF (rank mean) |" in text and "| MF |" in text
+    table = pd.read_csv(root / "table_main_blend.csv")
+    expected = np.mean([blended[(1, s)]["auc"] for s in (2020, 2021)])
+    assert table.loc[table.label == "LLM + MF (rank mean)", "auc_mean"].item() == pytest.approx(expected)
+    with pytest.raises(UsageError, match="--blend=DeepFM: no such row"):
+        tbl.write_blend_table(runs, rows, [2020, 2021], "DeepFM", "ml-100k", "main", root, "")
+
+
+def test_blend_with_an_unknown_row_stops_before_any_run(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tbl, "launch", lambda *a, **k: pytest.fail("a run was launched"))
+    assert tbl.main(["--dataset=tiny", f"--data_path={tiny_root}", "--models=MF", "--blend=DeepFM",
+                     f"--out={tmp_path}"]) == 2
+    assert "--blend=DeepFM: no such row in --models (MF)" in capsys.readouterr().err
