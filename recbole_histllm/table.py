@@ -472,15 +472,20 @@ def blend_scores(runs: dict[tuple[int, int], Path], reference: int
     return blended
 
 
+def blend_row(rows: list[Row], reference: str) -> int:
+    """The index of the ``--blend`` row; a label not among the rows is a usage error."""
+    labels = [r.label for r in rows]
+    if reference not in labels:
+        raise UsageError(f"--blend={reference}: no such row in --models ({', '.join(labels)})")
+    return labels.index(reference)
+
+
 def write_blend_table(runs: dict[tuple[int, int], Path], rows: list[Row], seeds: list[int], reference: str,
                       dataset: str, kind: str, root: Path, n_common: str,
                       scores: dict[tuple[int, int], dict[str, float]] | None = None) -> Path:
     """``table_<kind>_blend.md`` / ``.csv``: the reference row, then every other row rank-averaged with it
     (:func:`blend_scores`), mean ± std over seeds. ``scores``: :func:`score_runs`'s, when already computed."""
-    labels = [r.label for r in rows]
-    if reference not in labels:
-        raise UsageError(f"--blend={reference}: no such row in --models ({', '.join(labels)})")
-    ref = labels.index(reference)
+    ref = blend_row(rows, reference)
     scores = scores if scores is not None else score_runs(runs)[0]
     blended = blend_scores(runs, ref)
     shown = [Row(reference, rows[ref].model, rows[ref].overrides)] + [
@@ -618,8 +623,8 @@ def build(dataset: str, kind: str, rows: list[Row], seeds: list[int], extra: dic
     stop the table before any launch unless ``allow_mixed`` (:func:`check_one_version`). ``blend``: a row
     label; also :func:`write_blend_table`, every other row rank-averaged with that row.
     """
-    if blend is not None and blend not in [r.label for r in rows]:  # before any run is launched
-        raise UsageError(f"--blend={blend}: no such row in --models ({', '.join(r.label for r in rows)})")
+    if blend is not None:
+        blend_row(rows, blend)  # a wrong label stops the table before any run is launched
     root = out / dataset
     runs: dict[tuple[int, int], Path] = {}
     missing = []
