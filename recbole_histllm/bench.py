@@ -2,7 +2,7 @@
 
     python -m recbole_histllm.bench --dataset=ml-100k [--llm_path=PATH|random:qwen2-1.5b] \
         [--history=1,5,10,20] [--rows=64] [--batch_size=8] [--device=cpu|cuda] [--output_dir=DIR]
-    python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] [--precision] ...
+    python -m recbole_histllm.bench --speed --dataset=ml-100k [--rows=96] [--threads=1] [--precision|--kernels] ...
 
 ``--speed``: the speed switches (``prefix_cache``, ``length_buckets``) off and then on, in one run on
 the same rows of one HistLLM: stage-1 training (LoRA on the TALLRec prompt), stage-2 training (LoRA
@@ -10,6 +10,8 @@ frozen) and inference (stage 2 on test rows, the trainer's ``score_rows``) in ro
 with their ratios and the LLM tokens per row (padding included, the cached prefix excluded); writes
 ``speed.csv``. ``--speed --precision`` compares float32 with bf16 autocast instead (both with the switches on;
 bf16 is forced even where :func:`recbole_histllm.llm.bf16_supported` says it does not pay off, to measure that).
+``--speed --kernels`` compares torch's attention kernel with every LoRA adapter run against the defaults (CPU
+training steps on the math kernel, LoRA adapters that add zero bypassed), switches on.
 The history sweep below is the default mode.
 
 For every history length n and both variants it measures, on the same rows: LLM input tokens
@@ -126,10 +128,17 @@ def _llm_tokens(model, dataset, batches: list[torch.Tensor], prefix_runs: int) -
     return (total + shared * max(prefix_runs, 0)) / max(rows, 1)
 
 
+COMPARISONS = {"switches": ("off", "on"), "precision": ("fp32", "bf16"), "kernels": ("torch", "fast")}
+
+
 def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: torch.device, seed: int = 0,
-          precision: bool = False) -> list:
-    """rows/s of stage-1 training, stage-2 training and inference with the speed switches off, then on; with
-    ``precision``, the switches on and the LLM in float32, then under (forced) bf16 autocast."""
+          compare: str = "switches") -> list:
+    """rows/s of stage-1 training, stage-2 training and inference in the two settings of ``compare``
+    (:data:`COMPARISONS`): ``switches``, the speed switches off, then on; ``precision``, the switches on and the
+    LLM in float32, then under (forced) bf16 autocast; ``kernels``, the switches on and torch's attention kernel
+    with every LoRA adapter run (``cpu_train_attention=auto``, ``bypass_zero_lora`` off), then the defaults
+    (:meth:`~recbole_histllm.model.llm_recommender.LLMRecommender.backbone_speedups`)."""
+    from recbole_histllm.llm import load_partial_state_dict, lora_state_dict
     from recbole_histllm.trainer.llm_trainer import LLMTrainer
 
     gen = torch.Generator().manual_seed(seed)
@@ -139,7 +148,11 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
     eval_size = int(config["eval_batch_size"])
     records = []
 
+    untrained = lora_state_dict(model.llm)  # each phase starts from the model as built (stage 2 after no stage 1)
+
     def train_phase(stage: int, on: bool) -> dict:
+        load_partial_state_dict(model.llm, untrained)
+        model.invalidate_prefix_cache()
         model.set_stage(stage)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -164,6 +177,7 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
         return {"rows_per_s": len(train_rows) / seconds, "tokens_per_row": _llm_tokens(model, train_ds, batches, runs)}
 
     def infer_phase(on: bool) -> dict:
+        load_partial_state_dict(model.llm, untrained)
         model.set_stage(2)
         trainer.score_rows(test_ds, test_rows[:2])  # warm-up
         model.invalidate_prefix_cache()
@@ -186,14 +200,18 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
             continue
         for on in (False, True):
             for key in SPEED_SWITCHES:
-                config[key] = on or precision
-            if precision:  # the model's own autocast off: the context decides (bf16 forced where not native)
+                config[key] = on or compare != "switches"
+            if compare == "kernels":
+                config["cpu_train_attention"] = None if on else "auto"
+                model.bypass_zero_lora = on
+                result = run(True)
+            elif compare == "precision":  # own autocast off: the context decides (bf16 even where not native)
                 model.bf16 = False
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on):
                     result = run(True)
             else:
                 result = run(on)
-            setting = ("bf16" if on else "fp32") if precision else ("on" if on else "off")
+            setting = COMPARISONS[compare][on]
             records.append({"phase": phase, "setting": setting, **result})
     return records
 
@@ -241,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the speed switches (prefix_cache, length_buckets) off vs on, same rows, one run")
     parser.add_argument("--precision", action="store_true",
                         help="with --speed: float32 vs bf16 autocast (switches on), same rows, one run")
+    parser.add_argument("--kernels", action="store_true",
+                        help="with --speed: torch's attention kernel and every LoRA adapter run vs the defaults "
+                             "(CPU training on the math kernel, zero LoRA bypassed), switches on, same rows, one run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -307,8 +328,9 @@ def main_speed(args, device: torch.device, out: Path) -> int:
     ensure_dataset(config)
     train, _, test = data_preparation(config, create_dataset(config))
     model = HistLLM(config, train._dataset).to(config["device"])
+    compare = "precision" if args.precision else "kernels" if args.kernels else "switches"
     records = speed(config, model, train._dataset, test._dataset, args.rows, args.batch_size, device,
-                    precision=args.precision)
+                    compare=compare)
     name = _device_name(device)
     llm = args.llm_path or "SmolLM2-135M-Instruct"
     with open(out / "speed.csv", "w", newline="") as handle:
@@ -317,9 +339,12 @@ def main_speed(args, device: torch.device, out: Path) -> int:
         for r in records:
             writer.writerow({"device": name, "llm": llm, "dataset": args.dataset, "rows": args.rows,
                              "batch_size": args.batch_size, **r})
-    a, b = ("fp32", "bf16") if args.precision else ("off", "on")
-    compared = ("float32 -> bf16 autocast, switches " + " + ".join(SPEED_SWITCHES) + " on" if args.precision else
-                f"{model.precision}; switches {' + '.join(SPEED_SWITCHES)} off -> on")
+    a, b = COMPARISONS[compare]
+    switches = " + ".join(SPEED_SWITCHES)
+    compared = {"precision": f"float32 -> bf16 autocast, switches {switches} on",
+                "kernels": f"{model.precision}, switches {switches} on; torch's attention kernel and every LoRA adapter"
+                           " -> math kernel in CPU training and zero LoRA bypassed",
+                "switches": f"{model.precision}; switches {switches} off -> on"}[compare]
     print(f"\n{llm} on {name}, {args.dataset},"
           f" HistLLM history_len {config['history_len']}, training batch {args.batch_size}, eval batch"
           f" {config['eval_batch_size']}, {args.rows} rows; {compared}")

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from recbole_histllm.bench import main
+from recbole_histllm.bench import COMPARISONS, main
 
 
 def test_bench_writes_csv_and_png(tiny_root, tmp_path, capsys):
@@ -23,22 +23,22 @@ def test_bench_writes_csv_and_png(tiny_root, tmp_path, capsys):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("precision", [False, True], ids=["switches", "precision"])
-def test_speed_mode_compares_two_settings_on_the_same_rows(tiny_root, tmp_path, capsys, precision):
+@pytest.mark.parametrize("compare", ["switches", "precision", "kernels"])
+def test_speed_mode_compares_two_settings_on_the_same_rows(tiny_root, tmp_path, capsys, compare):
     out = tmp_path / "speed"
     args = ["--speed", "--dataset=tiny", f"--data_path={tiny_root}", "--llm_path=random:tiny", "--rows=8",
-            "--batch_size=4", "--device=cpu", f"--out={out}"] + (["--precision"] if precision else [])
+            "--batch_size=4", "--device=cpu", f"--out={out}"] + ([] if compare == "switches" else [f"--{compare}"])
     assert main(args) == 0
     rows = list(csv.DictReader(open(out / "speed.csv")))
-    settings = ("fp32", "bf16") if precision else ("off", "on")
+    settings = COMPARISONS[compare]
     phases = {r["phase"] for r in rows}
     assert {"stage-2 training", "inference (test)"} <= phases
     assert sorted((r["phase"], r["setting"]) for r in rows) == sorted((p, s) for p in phases for s in settings)
     assert all(float(r["rows_per_s"]) > 0 for r in rows)
     tokens = {(r["phase"], r["setting"]): float(r["tokens_per_row"]) for r in rows}
-    for phase in phases:  # precision does not change the prompts; the switches shorten them (prefix, padding)
-        if precision:
-            assert tokens[(phase, "fp32")] == tokens[(phase, "bf16")]
+    for phase in phases:  # precision and kernels do not change the prompts; the switches shorten them
+        if compare != "switches":
+            assert tokens[(phase, settings[0])] == tokens[(phase, settings[1])]
         else:
             assert tokens[(phase, "on")] <= tokens[(phase, "off")]
     printed = capsys.readouterr().out

@@ -240,3 +240,70 @@ def test_real_default_llm_prefix_cache(tiny_root, tmp_path, monkeypatch):
         off, on = scores(model, inter, False), scores(model, inter, True)
         assert torch.allclose(on, off, atol=1e-5, rtol=0), (stage, (on - off).abs().max())
         assert calls["n"] == stage
+
+
+# ---- backbone_speedups: zero LoRA bypassed, the math attention kernel in CPU training ----------------
+def lora_dropout_calls(model) -> list[int]:
+    calls = [0]
+    for name, module in model.llm.named_modules():
+        if name.split(".")[-1] == "lora_dropout":
+            for dropout in module.values():
+                dropout.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def seeded_grads(model, inter):
+    torch.manual_seed(0)  # the mapping modules' dropout draws the same masks
+    return lora_grads(model, inter, True)
+
+
+def test_zero_lora_is_bypassed_with_the_same_loss_and_gradients(tiny_root, tmp_path):
+    """HistLLM without stage 1: its frozen LoRA adds exactly zero, so stage 2 runs the backbone without the
+    adapters (no dropout masks, no adapter matmuls); loss and gradients are those of running them, and the
+    adapters stay frozen afterwards (peft marks re-enabled adapters trainable)."""
+    _, model, train, _ = build(tiny_root, tmp_path, lora_dropout=0.05)
+    model.set_stage(2)
+    model.train()
+    calls = lora_dropout_calls(model)
+    inter = train[torch.arange(8)]
+    model.bypass_zero_lora = False
+    loss_off, grads_off = seeded_grads(model, inter)
+    assert calls[0] > 0
+    model.bypass_zero_lora = True
+    calls[0] = 0
+    loss_on, grads_on = seeded_grads(model, inter)
+    assert calls[0] == 0
+    assert not any(p.requires_grad for n, p in model.llm.named_parameters() if "lora_" in n)
+    assert torch.equal(loss_on, loss_off) and grads_on and set(grads_on) == set(grads_off)
+    for name, g in grads_off.items():
+        assert torch.equal(grads_on[name], g), name
+    with torch.no_grad():  # a LoRA that adds something (trained in stage 1) is never bypassed
+        next(p for n, p in model.llm.named_parameters() if "lora_B" in n).fill_(0.01)
+    seeded_grads(model, inter)
+    assert calls[0] > 0
+    model.zero_grad(set_to_none=True)
+
+
+def test_cpu_training_steps_run_the_math_attention_kernel(histllm):
+    """``cpu_train_attention``: ~ runs training steps on torch's math kernel, ``auto`` on torch's choice;
+    each equals the same step forced onto that kernel (and the two kernels' gradients differ in the last bits,
+    so the comparison can tell them apart)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    _, model, train, _ = histllm
+    model.set_stage(2)
+    model.train()
+    inter = train[torch.arange(8)]
+    results = {}
+    for choice, backend in ((None, SDPBackend.MATH), ("auto", SDPBackend.FLASH_ATTENTION)):
+        model.config["cpu_train_attention"] = choice
+        own = seeded_grads(model, inter)
+        model.config["cpu_train_attention"] = "auto"
+        with sdpa_kernel(backend):
+            forced = seeded_grads(model, inter)
+        assert torch.equal(own[0], forced[0])
+        assert all(torch.equal(own[1][n], forced[1][n]) for n in own[1])
+        results[choice] = own[1]
+    assert any(not torch.equal(results[None][n], results["auto"][n]) for n in results[None])
+    model.config["cpu_train_attention"] = None
+    model.zero_grad(set_to_none=True)

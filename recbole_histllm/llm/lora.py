@@ -67,6 +67,40 @@ def unfreeze_lora(model: nn.Module) -> int:
     return set_lora_trainable(model, True)
 
 
+def lora_is_identity(model: nn.Module) -> bool:
+    """True when ``model`` has LoRA adapters, all frozen and all adding exactly zero (every ``lora_B`` /
+    ``lora_embedding_B`` still at peft's zero init: a HistLLM whose stage 1 did not run)."""
+    found = False
+    for name, p in lora_parameters(model):
+        if p.requires_grad:
+            return False
+        if "lora_B" in name or "lora_embedding_B" in name:
+            if bool(p.detach().any()):
+                return False
+            found = True
+    return found
+
+
+@contextlib.contextmanager
+def bypass_adapters(model: nn.Module) -> Iterator[bool]:
+    """Run ``model`` without its LoRA adapters (peft's ``disable_adapter``) when they add exactly zero
+    (:func:`lora_is_identity`): the same outputs without the adapters' dropout masks and matmuls, forward
+    and backward. Otherwise a no-op. Yields whether the adapters were bypassed.
+
+    peft re-enables adapters by marking them trainable; their ``requires_grad`` flags are restored here.
+    """
+    if not (hasattr(model, "disable_adapter") and lora_is_identity(model)):
+        yield False
+        return
+    flags = [(p, p.requires_grad) for _, p in lora_parameters(model)]
+    try:
+        with model.disable_adapter():
+            yield True
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     total = sum(p.numel() for p in model.parameters())

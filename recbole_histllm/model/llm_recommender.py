@@ -20,6 +20,7 @@ Slots a template may use, and what fills them:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ from recbole_histllm.llm import (
     PromptTemplate,
     QuantizationUnavailableError,
     apply_lora,
+    attention_kernel,
     autocast,
     bf16_supported,
+    bypass_adapters,
     compute_prefix_kv,
     enable_gradient_checkpointing,
     encode_item_texts,
@@ -172,6 +175,7 @@ class LLMRecommender(AbstractRecommender):
                            " bf16 at --stage2_learning_rate=5e-4 (one seed; README, 'Precision and the CPU')")
 
         self.llm, self.tokenizer = self._load_llm(config)
+        self.bypass_zero_lora = True  # backbone_speedups; the speed benchmark switches it off to compare
         self.hidden = self.llm.get_input_embeddings().embedding_dim
         self.items = ItemSide(dataset, use_knowledge=bool(config["use_knowledge"]))
         image_table = self._image_table(dataset)
@@ -367,10 +371,24 @@ class LLMRecommender(AbstractRecommender):
         builder = self.builders[self.stage]
         batch = builder(self.samples(interaction, hist_ids, hist_mask)).to(self.device)
         names = [name for name, index in batch.slots.items() if len(index)]
-        with autocast(self.device, enabled=self.bf16):
+        with autocast(self.device, enabled=self.bf16), self.backbone_speedups():
             vectors = self.slot_vectors(names, interaction, hist_ids, hist_mask)
             prefix = self.prefix_states(builder, batch)
             return score_batch(self.llm, batch, builder.answer_tokens, vectors, prefix=prefix)
+
+    def backbone_speedups(self) -> contextlib.ExitStack:
+        """Contexts that make the backbone cheaper without changing what it computes: LoRA adapters that add
+        exactly zero are bypassed (:func:`~recbole_histllm.llm.bypass_adapters`, unless ``bypass_zero_lora``
+        is False); on CPU, training steps run the "math" attention kernel (``cpu_train_attention``,
+        :func:`~recbole_histllm.llm.attention_kernel`: same attention, bf16 rounding differs). Neither under
+        ``gradient_checkpointing``: its backward recomputes the forward outside these contexts."""
+        stack = contextlib.ExitStack()
+        if self.config["gradient_checkpointing"]:
+            return stack
+        stack.enter_context(attention_kernel(self.device, self.config["cpu_train_attention"]))
+        if self.bypass_zero_lora:
+            stack.enter_context(bypass_adapters(self.llm))
+        return stack
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         """BCE between the label and P(Yes) (Eq. 14)."""
