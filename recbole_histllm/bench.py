@@ -10,8 +10,8 @@ frozen) and inference (stage 2 on test rows, the trainer's ``score_rows``) in ro
 with their ratios and the LLM tokens per row (padding included, the cached prefix excluded); writes
 ``speed.csv``. ``--speed --precision`` compares float32 with bf16 autocast instead (both with the switches on;
 bf16 is forced even where :func:`recbole_histllm.llm.bf16_supported` says it does not pay off, to measure that).
-``--speed --kernels`` compares torch's attention kernel with every LoRA adapter run against the defaults (CPU
-training steps on the math kernel, LoRA adapters that add zero bypassed), switches on.
+``--speed --kernels`` compares torch's attention kernel with every LoRA adapter run against both speed-ups (CPU
+training steps on the math kernel, ``cpu_train_attention=math``; LoRA adapters that add zero bypassed), switches on.
 The history sweep below is the default mode.
 
 For every history length n and both variants it measures, on the same rows: LLM input tokens
@@ -136,8 +136,9 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
     """rows/s of stage-1 training, stage-2 training and inference in the two settings of ``compare``
     (:data:`COMPARISONS`): ``switches``, the speed switches off, then on; ``precision``, the switches on and the
     LLM in float32, then under (forced) bf16 autocast; ``kernels``, the switches on and torch's attention kernel
-    with every LoRA adapter run (``cpu_train_attention=auto``, ``bypass_zero_lora`` off), then the defaults
-    (:meth:`~recbole_histllm.model.llm_recommender.LLMRecommender.backbone_speedups`)."""
+    with every LoRA adapter run (``cpu_train_attention`` ~, ``bypass_zero_lora`` off), then both speed-ups
+    (:meth:`~recbole_histllm.model.llm_recommender.LLMRecommender.backbone_speedups`: ``cpu_train_attention=math``,
+    zero LoRA bypassed)."""
     from recbole_histllm.llm import load_partial_state_dict, lora_state_dict
     from recbole_histllm.trainer.llm_trainer import LLMTrainer
 
@@ -202,7 +203,7 @@ def speed(config, model, train_ds, test_ds, rows: int, batch_size: int, device: 
             for key in SPEED_SWITCHES:
                 config[key] = on or compare != "switches"
             if compare == "kernels":
-                config["cpu_train_attention"] = None if on else "auto"
+                config["cpu_train_attention"] = "math" if on else None
                 model.bypass_zero_lora = on
                 result = run(True)
             elif compare == "precision":  # own autocast off: the context decides (bf16 even where not native)
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", action="store_true",
                         help="with --speed: float32 vs bf16 autocast (switches on), same rows, one run")
     parser.add_argument("--kernels", action="store_true",
-                        help="with --speed: torch's attention kernel and every LoRA adapter run vs the defaults "
-                             "(CPU training on the math kernel, zero LoRA bypassed), switches on, same rows, one run")
+                        help="with --speed: torch's attention kernel and every LoRA adapter run vs "
+                             "cpu_train_attention=math and zero LoRA bypassed, switches on, same rows, one run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -343,7 +344,7 @@ def main_speed(args, device: torch.device, out: Path) -> int:
     switches = " + ".join(SPEED_SWITCHES)
     compared = {"precision": f"float32 -> bf16 autocast, switches {switches} on",
                 "kernels": f"{model.precision}, switches {switches} on; torch's attention kernel and every LoRA adapter"
-                           " -> math kernel in CPU training and zero LoRA bypassed",
+                           " -> cpu_train_attention=math and zero LoRA bypassed",
                 "switches": f"{model.precision}; switches {switches} off -> on"}[compare]
     print(f"\n{llm} on {name}, {args.dataset},"
           f" HistLLM history_len {config['history_len']}, training batch {args.batch_size}, eval batch"

@@ -137,12 +137,13 @@ def yes_no_logits(
 def attention_kernel(device: str | torch.device, choice: str | None) -> contextlib.AbstractContextManager:
     """The scaled-dot-product attention kernel for a forward whose backward will run (``cpu_train_attention``).
 
-    On CPU with autograd on, ``None`` (the default) selects torch's plain "math" kernel: for SmolLM2-135M
-    at ~100-token prompts its backward measured 1.7x faster than the fused flash kernel torch picks by default
-    (whose backward took half of a stage-2 step), and its bf16 loss and gradients lie closer to float32's.
-    ``"auto"``, scoring under ``no_grad`` (where the flash kernel is faster) and other devices keep torch's choice.
+    ``"math"`` on CPU with autograd on selects torch's plain math kernel: for SmolLM2-135M at ~100-token prompts
+    its backward measured 1.7x faster than the fused flash kernel torch picks by default (whose backward took half
+    of a stage-2 step), and its bf16 loss lay closer to float32's; but the default HistLLM trained worse with it on
+    three seeds (README, "The attention kernel and the zero LoRA"), so it is opt-in. ``None`` (the default),
+    scoring under ``no_grad`` and other devices keep torch's choice.
     """
-    if choice != "auto" and torch.is_grad_enabled() and torch.device(device).type == "cpu":
+    if choice == "math" and torch.is_grad_enabled() and torch.device(device).type == "cpu":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(SDPBackend.MATH)

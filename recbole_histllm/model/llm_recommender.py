@@ -377,10 +377,10 @@ class LLMRecommender(AbstractRecommender):
             return score_batch(self.llm, batch, builder.answer_tokens, vectors, prefix=prefix)
 
     def backbone_speedups(self) -> contextlib.ExitStack:
-        """Contexts that make the backbone cheaper without changing what it computes: LoRA adapters that add
-        exactly zero are bypassed (:func:`~recbole_histllm.llm.bypass_adapters`, unless ``bypass_zero_lora``
-        is False); on CPU, training steps run the "math" attention kernel (``cpu_train_attention``,
-        :func:`~recbole_histllm.llm.attention_kernel`: same attention, bf16 rounding differs). Neither under
+        """Contexts that make the backbone cheaper: LoRA adapters that add exactly zero are bypassed (the same outputs;
+        :func:`~recbole_histllm.llm.bypass_adapters`, unless ``bypass_zero_lora`` is False); with
+        ``cpu_train_attention: math``, CPU training steps run the math attention kernel
+        (:func:`~recbole_histllm.llm.attention_kernel`: same attention, other bf16 rounding). Neither under
         ``gradient_checkpointing``: its backward recomputes the forward outside these contexts."""
         stack = contextlib.ExitStack()
         if self.config["gradient_checkpointing"]:
