@@ -235,7 +235,7 @@ SCHEMA: dict[str, Rule] = {
     "use_chat_template": Bool("wrap prompts in the backbone's chat template"),
     "prefix_cache": Bool("run the prompt's fixed opening once and reuse its key/value states"),
     "length_buckets": Bool("batch rows of similar prompt length"),
-    "cpu_train_attention": Choice("attention kernel of CPU training steps (~ = torch's choice; math: 1.6x faster "
+    "cpu_train_attention": Choice("attention kernel of CPU training steps (~ = torch's choice; math: faster "
                                   "steps, trained worse)", "math", none=True),
     "use_knowledge": Bool("KE descriptions from <name>.text"),
     "use_visual": Bool("image tokens (VMA) when the dataset has image features"),
