@@ -236,7 +236,8 @@ SCHEMA: dict[str, Rule] = {
     "prefix_cache": Bool("run the prompt's fixed opening once and reuse its key/value states"),
     "length_buckets": Bool("batch rows of similar prompt length"),
     "cpu_train_attention": Choice("attention kernel of CPU training steps (~ = torch's choice; math: faster "
-                                  "steps, trained worse)", "math", none=True),
+                                  "steps, trained worse; eager: transformers' explicit attention)", "math", "eager",
+                                  none=True),
     "use_knowledge": Bool("KE descriptions from <name>.text"),
     "use_visual": Bool("image tokens (VMA) when the dataset has image features"),
     "use_collaborative": Bool("MF user/item tokens (CIA)"),

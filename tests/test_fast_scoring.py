@@ -284,25 +284,35 @@ def test_zero_lora_is_bypassed_with_the_same_loss_and_gradients(tiny_root, tmp_p
     model.zero_grad(set_to_none=True)
 
 
-def test_cpu_training_steps_run_the_math_attention_kernel(histllm):
-    """``cpu_train_attention``: ``math`` runs training steps on torch's math kernel, ~ on torch's choice;
-    each equals the same step forced onto that kernel (and the two kernels' gradients differ in the last bits,
-    so the comparison can tell them apart)."""
+def test_cpu_training_steps_run_the_chosen_attention(histllm):
+    """``cpu_train_attention``: ``math`` runs training steps on torch's math kernel, ``eager`` on transformers'
+    explicit attention, ~ on torch's choice; each equals the same step forced onto that implementation (and their
+    gradients differ in the last bits, so the comparison can tell them apart). Scoring is left alone."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from recbole_histllm.llm.scoring import _attention_implementation
 
     _, model, train, _ = histllm
     model.set_stage(2)
     model.train()
     inter = train[torch.arange(8)]
+    forcing = {"math": lambda: sdpa_kernel(SDPBackend.MATH), None: lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION),
+               "eager": lambda: _attention_implementation(model.llm.config, "eager")}
     results = {}
-    for choice, backend in (("math", SDPBackend.MATH), (None, SDPBackend.FLASH_ATTENTION)):
+    for choice, force in forcing.items():
         model.config["cpu_train_attention"] = choice
         own = seeded_grads(model, inter)
+        with torch.no_grad():
+            scored = model.predict(inter)
         model.config["cpu_train_attention"] = None
-        with sdpa_kernel(backend):
+        with force():
             forced = seeded_grads(model, inter)
+        assert model.llm.config._attn_implementation == "sdpa"  # restored
         assert torch.equal(own[0], forced[0])
         assert all(torch.equal(own[1][n], forced[1][n]) for n in own[1])
+        with torch.no_grad():
+            assert torch.equal(scored, model.predict(inter))
         results[choice] = own[1]
-    assert any(not torch.equal(results["math"][n], results[None][n]) for n in results[None])
+    for choice in ("math", "eager"):
+        assert any(not torch.equal(results[choice][n], results[None][n]) for n in results[None])
     model.zero_grad(set_to_none=True)

@@ -134,20 +134,39 @@ def yes_no_logits(
     return answer_logits(model, hidden, answer)
 
 
-def attention_kernel(device: str | torch.device, choice: str | None) -> contextlib.AbstractContextManager:
-    """The scaled-dot-product attention kernel for a forward whose backward will run (``cpu_train_attention``).
+def attention_kernel(device: str | torch.device, choice: str | None,
+                     llm: torch.nn.Module | None = None) -> contextlib.AbstractContextManager:
+    """The attention implementation of a forward whose backward will run (``cpu_train_attention``).
 
-    ``"math"`` on CPU with autograd on selects torch's plain math kernel: for SmolLM2-135M at ~100-token prompts
-    its backward measured 1.7x faster than the fused flash kernel torch picks by default (whose backward took half
-    of a stage-2 step), and its bf16 loss lay closer to float32's; but the default HistLLM trained worse with it on
-    three seeds (README, "The attention kernel and the zero LoRA"), so it is opt-in. ``None`` (the default),
-    scoring under ``no_grad`` and other devices keep torch's choice.
+    On CPU with autograd on: ``"math"`` selects torch's plain math SDPA kernel; ``"eager"`` switches ``llm``'s
+    transformers attention to its explicit ``eager`` implementation (bf16 matmuls, float32 softmax). For
+    SmolLM2-135M at ~100-token prompts both backwards measured ~2x faster than the fused flash kernel torch picks
+    by default (whose backward took half of a stage-2 step); but the default HistLLM trained worse with the math
+    kernel (README, "The attention kernel and the zero LoRA"), so both are opt-in. ``None`` (the default), scoring
+    under ``no_grad`` and other devices keep torch's choice.
     """
-    if choice == "math" and torch.is_grad_enabled() and torch.device(device).type == "cpu":
+    if choice is None or not torch.is_grad_enabled() or torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    if choice == "math":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(SDPBackend.MATH)
-    return contextlib.nullcontext()
+    if choice == "eager":
+        if llm is None:
+            raise ValueError("cpu_train_attention: eager needs the LLM whose attention it switches")
+        return _attention_implementation(llm.config, "eager")
+    raise ValueError(f"cpu_train_attention: {choice!r} is not one of ~, math, eager")
+
+
+@contextlib.contextmanager
+def _attention_implementation(config, name: str):
+    """transformers' attention implementation ``name`` for the duration (read per forward from the config)."""
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def yes_probability(logits_yes_no: torch.Tensor) -> torch.Tensor:

@@ -385,7 +385,7 @@ class LLMRecommender(AbstractRecommender):
         stack = contextlib.ExitStack()
         if self.config["gradient_checkpointing"]:
             return stack
-        stack.enter_context(attention_kernel(self.device, self.config["cpu_train_attention"]))
+        stack.enter_context(attention_kernel(self.device, self.config["cpu_train_attention"], self.llm))
         if self.bypass_zero_lora:
             stack.enter_context(bypass_adapters(self.llm))
         return stack
