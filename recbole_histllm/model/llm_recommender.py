@@ -379,9 +379,9 @@ class LLMRecommender(AbstractRecommender):
     def backbone_speedups(self) -> contextlib.ExitStack:
         """Contexts that make the backbone cheaper: LoRA adapters that add exactly zero are bypassed (the same outputs;
         :func:`~recbole_histllm.llm.bypass_adapters`, unless ``bypass_zero_lora`` is False); with
-        ``cpu_train_attention: math``, CPU training steps run the math attention kernel
-        (:func:`~recbole_histllm.llm.attention_kernel`: same attention, other bf16 rounding). Neither under
-        ``gradient_checkpointing``: its backward recomputes the forward outside these contexts."""
+        ``cpu_train_attention: math`` (or ``eager``), CPU training steps run the math SDPA kernel (or transformers'
+        eager attention; :func:`~recbole_histllm.llm.attention_kernel`: same attention, other bf16 rounding).
+        Neither under ``gradient_checkpointing``: its backward recomputes the forward outside these contexts."""
         stack = contextlib.ExitStack()
         if self.config["gradient_checkpointing"]:
             return stack
