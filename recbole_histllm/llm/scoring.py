@@ -142,8 +142,8 @@ def attention_kernel(device: str | torch.device, choice: str | None,
     transformers attention to its explicit ``eager`` implementation (bf16 matmuls, float32 softmax). For
     SmolLM2-135M at ~100-token prompts both backwards measured ~2x faster than the fused flash kernel torch picks
     by default (whose backward took half of a stage-2 step); but the default HistLLM trained worse with the math
-    kernel (README, "The attention kernel and the zero LoRA"), so both are opt-in. ``None`` (the default), scoring
-    under ``no_grad`` and other devices keep torch's choice.
+    kernel and not reliably with eager (README, "Two more fast kernels"), so both are opt-in. ``None`` (the
+    default), scoring under ``no_grad`` and other devices keep torch's choice.
     """
     if choice is None or not torch.is_grad_enabled() or torch.device(device).type != "cpu":
         return contextlib.nullcontext()
