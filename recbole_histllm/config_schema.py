@@ -248,6 +248,7 @@ SCHEMA: dict[str, Rule] = {
     "mapping_hidden": Int("hidden width of the mapping MLPs (~ = the LLM's hidden size)", 1, none=True),
     "mapping_layers": Int("layers of the mapping MLPs", 1),
     "token_scale": Bool("standardise mapping inputs and RMS-normalise the mapped tokens"),
+    "token_moments": Bool("with token_scale: mapped tokens start at the token embeddings' per-dimension mean and std"),
     "mf_checkpoint": PathTo("a finished MF-stage0.pth (stage 0 is then not trained)", exists="file"),
     "mf_embedding_size": Int("collaborative embedding size (the paper's d2)", 1),
     "mf_learning_rate": Num("stage-0 (MF) learning rate", **_RATE),

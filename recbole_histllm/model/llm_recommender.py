@@ -61,7 +61,7 @@ from recbole_histllm.llm import (
 )
 from recbole_histllm.llm.prompt import HISTORY_LIST, ITEM_PREFIX
 from recbole_histllm.model.mf import MF, load_mf_embeddings
-from recbole_histllm.model.modules import CIA, UHEM, VMA, token_embedding_rms
+from recbole_histllm.model.modules import CIA, UHEM, VMA, token_embedding_stats
 from recbole_histllm.utils import model_label
 
 logger = logging.getLogger(__name__)
@@ -190,8 +190,10 @@ class LLMRecommender(AbstractRecommender):
         self.builders = {stage: self.make_builder(template) for stage, template in self.templates.items()}
         slots = {name for t in self.templates.values() for name in t.slots}
         self.vma = self.cia = self.uhem = None
-        # token_scale: standardised inputs, outputs at the token-embedding RMS (beyond the paper's text)
-        rms = token_embedding_rms(self.llm.get_input_embeddings()) if config["token_scale"] else None
+        # token_scale: standardised inputs, outputs at the token-embedding RMS, or with token_moments at the
+        # table's per-dimension mean and std (beyond the paper's text)
+        embedding = self.llm.get_input_embeddings()
+        rms = token_embedding_stats(embedding, bool(config["token_moments"])) if config["token_scale"] else None
         mapping = {"hidden": config["mapping_hidden"], "layers": config["mapping_layers"], "token_rms": rms}
         if self.use_visual and (slots & set(IMAGE_SLOTS) or HISTORY_SLOT in slots):
             self.vma = VMA(image_table, self.hidden, **mapping)

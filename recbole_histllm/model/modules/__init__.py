@@ -2,8 +2,16 @@
 (Eq. 4-8)."""
 
 from recbole_histllm.model.modules.cia import CIA
-from recbole_histllm.model.modules.mapping import MappingModule, TokenScale, token_embedding_rms
+from recbole_histllm.model.modules.mapping import (
+    MappingModule,
+    TokenScale,
+    TokenStats,
+    token_embedding_rms,
+    token_embedding_stats,
+)
 from recbole_histllm.model.modules.uhem import UHEM
 from recbole_histllm.model.modules.vma import VMA
 
-__all__ = ["CIA", "UHEM", "VMA", "MappingModule", "TokenScale", "token_embedding_rms"]
+__all__ = [
+    "CIA", "UHEM", "VMA", "MappingModule", "TokenScale", "TokenStats", "token_embedding_rms", "token_embedding_stats",
+]

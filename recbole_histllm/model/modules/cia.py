@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recbole_histllm.model.modules.mapping import MappingModule
+from recbole_histllm.model.modules.mapping import MappingModule, TokenStats
 
 
 class CIA(MappingModule):
@@ -13,7 +13,7 @@ class CIA(MappingModule):
     checkpoint, never trained): only the mapping learns."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, out_dim: int, hidden: int | None = None,
-                 layers: int = 2, token_rms: float | None = None) -> None:
+                 layers: int = 2, token_rms: float | TokenStats | None = None) -> None:
         super().__init__(dim, out_dim, hidden, layers, token_rms=token_rms)
         self.register_buffer("user_table", torch.zeros(n_users, dim))
         self.register_buffer("item_table", torch.zeros(n_items, dim))

@@ -10,9 +10,16 @@ plugin, config ``token_scale: True``), inputs are standardised per feature over 
 gain initialised to the RMS of the LLM's token embeddings (:class:`TokenScale`): without it an
 MF embedding (std ~0.01-0.1) maps to a near-constant token (varying by ~0.02 per dimension across
 users, against ~0.136 for a token embedding) and the LLM cannot tell users apart.
+
+With :class:`TokenStats` carrying the embedding table's per-dimension mean and std (config ``token_moments``),
+the output starts where real tokens live instead: ``mean + x / rms(x) * std``, both learnable. A real token is
+mostly that shared mean (SmolLM2-135M: norm 2.18 of a row norm ~3.15), which an RMS-normalised output in a
+random direction lacks; prompt tuning likewise starts soft prompts from the vocabulary (Lester et al., 2021).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,29 +31,57 @@ def token_embedding_rms(embedding: nn.Embedding) -> float:
     return float(weight.pow(2).mean().sqrt())
 
 
-class TokenScale(nn.Module):
-    """``x / rms(x) * gain``: an output at the scale of the LLM's token embeddings.
+@dataclass(frozen=True)
+class TokenStats:
+    """The scale a mapped token starts at: the token-embedding ``rms``, and with ``mean``/``std`` (one value per
+    dimension) the table's moments (:func:`token_embedding_stats`)."""
 
-    ``gain`` (one per dimension) starts at ``rms``, the token-embedding RMS, and is learned.
+    rms: float
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+
+def token_embedding_stats(embedding: nn.Embedding, moments: bool = False) -> TokenStats:
+    """RMS of an LLM's input embedding table, and with ``moments`` its per-dimension mean and std."""
+    if not moments:
+        return TokenStats(token_embedding_rms(embedding))
+    weight = embedding.weight.detach().float()
+    return TokenStats(float(weight.pow(2).mean().sqrt()), weight.mean(0).cpu(), weight.std(0).cpu())
+
+
+class TokenScale(nn.Module):
+    """``x / rms(x) * gain (+ bias)``: an output at the scale of the LLM's token embeddings.
+
+    ``gain`` (one per dimension) starts at ``rms``, the token-embedding RMS, or, when ``rms`` is a
+    :class:`TokenStats` with moments, at the table's per-dimension std; then ``bias`` starts at the table's mean.
+    Both are learned.
     """
 
-    def __init__(self, dim: int, rms: float, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, rms: float | TokenStats, eps: float = 1e-6) -> None:
         super().__init__()
+        stats = rms if isinstance(rms, TokenStats) else TokenStats(float(rms))
         self.eps = eps
-        self.gain = nn.Parameter(torch.full((dim,), float(rms)))
+        if stats.std is None:
+            self.gain = nn.Parameter(torch.full((dim,), float(stats.rms)))
+            self.bias = None
+        else:
+            self.gain = nn.Parameter(stats.std.detach().float().clone().reshape(dim))
+            self.bias = nn.Parameter(stats.mean.detach().float().clone().reshape(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.gain.float()).to(x.dtype)
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
 
 
 class MappingModule(nn.Module):
     """MLP ``in_dim -> hidden -> out_dim`` (GELU), or a single linear layer when ``layers == 1``.
 
     ``k`` > 1 produces k tokens per input (output ``(..., k, out_dim)``); k == 1 gives ``(..., out_dim)``.
-    ``token_rms``: standardise inputs (:meth:`set_input_stats`) and scale outputs to the token RMS
-    (:class:`TokenScale`); None keeps the plain MLP.
+    ``token_rms``: standardise inputs (:meth:`set_input_stats`) and scale outputs to the token RMS, or the
+    token moments of a :class:`TokenStats` (:class:`TokenScale`); None keeps the plain MLP.
     """
 
     def __init__(
@@ -57,7 +92,7 @@ class MappingModule(nn.Module):
         layers: int = 2,
         k: int = 1,
         dropout: float = 0.0,
-        token_rms: float | None = None,
+        token_rms: float | TokenStats | None = None,
     ) -> None:
         super().__init__()
         self.k, self.out_dim = k, out_dim

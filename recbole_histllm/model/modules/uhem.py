@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from recbole_histllm.model.modules.mapping import TokenScale
+from recbole_histllm.model.modules.mapping import TokenScale, TokenStats
 
 
 class UHEM(nn.Module):
@@ -28,7 +28,7 @@ class UHEM(nn.Module):
     """
 
     def __init__(self, dim: int, encoder: str = "gru", layers: int = 1, heads: int = 4, dropout: float = 0.0,
-                 token_rms: float | None = None) -> None:
+                 token_rms: float | TokenStats | None = None) -> None:
         super().__init__()
         if encoder not in ("gru", "transformer"):
             raise ValueError(f"history_encoder must be 'gru' or 'transformer', got {encoder!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recbole_histllm.model.modules.mapping import MappingModule
+from recbole_histllm.model.modules.mapping import MappingModule, TokenStats
 
 
 class VMA(MappingModule):
@@ -13,7 +13,7 @@ class VMA(MappingModule):
     ``token_rms`` is set (:class:`MappingModule`)."""
 
     def __init__(self, image_table: torch.Tensor, out_dim: int, hidden: int | None = None, layers: int = 2,
-                 token_rms: float | None = None) -> None:
+                 token_rms: float | TokenStats | None = None) -> None:
         super().__init__(image_table.shape[1], out_dim, hidden, layers, token_rms=token_rms)
         self.register_buffer("table", image_table, persistent=False)  # a dataset feature, not a weight
         self.set_input_stats(image_table)
