@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_histllm import build, lora_tensors
 
-from recbole_histllm.model.modules import MappingModule, TokenScale
+from recbole_histllm.model.modules import MappingModule, TokenScale, TokenStats
 from recbole_histllm.trainer import LLMTrainer
 from recbole_histllm.utils import UsageError
 
@@ -19,6 +19,29 @@ def test_token_scale_starts_at_the_token_rms_and_learns():
     y = scale(torch.randn(5, 16) * 40)
     assert torch.allclose(y.pow(2).mean(-1).sqrt(), torch.full((5,), 0.136), atol=1e-4)
     assert scale.gain.requires_grad
+
+
+def test_token_moments_start_tokens_at_the_tables_mean_and_spread():
+    torch.manual_seed(0)
+    table = torch.randn(5000, 16) * torch.linspace(0.05, 0.3, 16) + torch.linspace(-0.5, 0.5, 16)
+    stats = TokenStats(float(table.pow(2).mean().sqrt()), table.mean(0), table.std(0))
+    scale = TokenScale(16, stats)
+    with torch.no_grad():
+        y = scale(torch.randn(20000, 16))  # a standard input: its RMS-normalised form has unit spread per dimension
+    assert torch.allclose(y.mean(0), table.mean(0), atol=0.01)
+    assert torch.allclose(y.std(0), table.std(0), rtol=0.05)
+    assert y.pow(2).mean().sqrt() == pytest.approx(stats.rms, rel=0.05)  # where real rows are, not just their RMS
+    assert scale.gain.requires_grad and scale.bias.requires_grad
+    assert TokenScale(16, 0.136).bias is None  # the RMS alone: no bias, as before
+
+
+def test_token_moments_key_gives_every_mapping_the_embedding_moments(tiny_root, tmp_path):
+    _, model, _, _, _ = build(tiny_root, tmp_path, token_moments=True)
+    weight = model.llm.get_input_embeddings().weight.detach().float()
+    for scale in (model.cia.scale, model.vma.scale, model.uhem.out_scale):
+        assert torch.allclose(scale.bias, weight.mean(0)) and torch.allclose(scale.gain, weight.std(0))
+    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain")
+    assert plain.cia.scale.bias is None and plain.uhem.out_scale.bias is None
 
 
 def test_mapping_standardises_inputs_so_small_embeddings_give_distinct_tokens():
