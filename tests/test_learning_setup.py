@@ -36,11 +36,11 @@ def test_token_moments_start_tokens_at_the_tables_mean_and_spread():
 
 
 def test_token_moments_key_gives_every_mapping_the_embedding_moments(tiny_root, tmp_path):
-    _, model, _, _, _ = build(tiny_root, tmp_path, token_moments=True)
+    _, model, _, _, _ = build(tiny_root, tmp_path)  # HistLLM's default
     weight = model.llm.get_input_embeddings().weight.detach().float()
     for scale in (model.cia.scale, model.vma.scale, model.uhem.out_scale):
         assert torch.allclose(scale.bias, weight.mean(0)) and torch.allclose(scale.gain, weight.std(0))
-    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain")
+    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain", token_moments=False)
     assert plain.cia.scale.bias is None and plain.uhem.out_scale.bias is None
 
 
