@@ -193,8 +193,11 @@ def test_llm_rows_of_a_seed_share_their_finished_stages(tiny_root, tmp_path, mon
     calls: list = []
     monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
     out = tmp_path / "tables"
+    # HistLLM: stage 1 on. Every row trains on CPU with one attention kernel (HistLLM.yaml sets eager, the shared
+    # default is torch's): the kernel is part of a stage's config, so rows with different kernels share no LoRA.
     args = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", f"--out={out}", "--stage1_epochs=1",
-            "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]  # HistLLM: stage 1 on
+            "--cpu_train_attention=eager",
+            "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]
     assert tbl.main(args) == 0
     given = {(label, seed): g for label, seed, g in calls}
     assert len(calls) == 12 and given[("HistLLM", 2020)] == {} and given[("HistLLM", 2021)] == {}
