@@ -46,7 +46,7 @@ def token_embedding_stats(embedding: nn.Embedding, moments: bool = False) -> Tok
     if not moments:
         return TokenStats(token_embedding_rms(embedding))
     weight = embedding.weight.detach().float()
-    return TokenStats(float(weight.pow(2).mean().sqrt()), weight.mean(0).cpu(), weight.std(0).cpu())
+    return TokenStats(token_embedding_rms(embedding), weight.mean(0).cpu(), weight.std(0).cpu())
 
 
 class TokenScale(nn.Module):
