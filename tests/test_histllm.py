@@ -28,6 +28,15 @@ def first_rows(loader, n=6):
     return loader._dataset[torch.arange(n)]
 
 
+def test_float32_advice_follows_token_moments():
+    """Float32 trained like bf16 with token_moments and needed half the stage-2 learning rate without it: the
+    warning gives the advice that fits the run's config."""
+    from recbole_histllm.model.llm_recommender import float32_advice
+
+    assert "5e-4" not in float32_advice({"token_moments": True})
+    assert "--stage2_learning_rate=5e-4" in float32_advice({"token_moments": False})
+
+
 def test_precision_falls_back_to_float32_without_native_bf16(tiny_root, tmp_path, monkeypatch, caplog):
     from recbole_histllm.llm import lora
 
@@ -36,7 +45,7 @@ def test_precision_falls_back_to_float32_without_native_bf16(tiny_root, tmp_path
         _, model, train, _, _ = build(tiny_root, tmp_path, bf16=True)
     assert model.precision == "float32"
     assert any("the LLM runs in float32" in r.getMessage() and "CPU capability" in r.getMessage()
-               for r in caplog.records)
+               and "HistLLM with token_moments" in r.getMessage() for r in caplog.records)
     seen = []
     monkeypatch.setattr(model.llm, "forward", lambda *a, _f=model.llm.forward, **k: seen.append(
         torch.is_autocast_enabled("cpu")) or _f(*a, **k))
