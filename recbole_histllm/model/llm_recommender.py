@@ -146,8 +146,9 @@ def float32_advice(config: Mapping[str, Any]) -> str:
     stage-2 learning rate and like bf16 at half of it; with it (HistLLM's default) like bf16 at the default
     (README, 'Precision and the CPU')."""
     if config["token_moments"]:
-        return ("HistLLM with token_moments (its default) trained there like bf16 at the default learning rate "
-                "(ml-100k, seeds 2020-2022; README, 'Precision and the CPU')")
+        return ("with token_moments (HistLLM's default) float32 trained HistLLM there like bf16 at the default "
+                "learning rate (ml-100k, seeds 2020-2022; other models not measured with it; README, 'Precision "
+                "and the CPU')")
     return ("without token_moments float32 on an AVX2 CPU trained the CPU profile worse than bf16 at the default "
             "stage2_learning_rate and like bf16 at --stage2_learning_rate=5e-4 (HistLLM, ml-100k; README, "
             "'Precision and the CPU')")
