@@ -73,6 +73,31 @@ def test_cia_tokens_follow_the_loaded_mf_embeddings(tiny_root, tmp_path):
     assert tokens.std(0).mean() > 0.3 * rms
 
 
+def test_cia_interaction_starts_as_the_paper_token_then_carries_the_pairs_mf_product(tiny_root, tmp_path):
+    _, model, _, _, _ = build(tiny_root, tmp_path, cia_interaction=True)
+    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain")
+    assert plain.cia.cross is None
+    torch.manual_seed(0)
+    user, item = torch.randn(model.n_users, 256) * 0.05, torch.randn(model.n_items, 256) * 0.05
+    model.set_collaborative_embeddings(user, item)
+    generator = torch.Generator().manual_seed(0)  # the scale: the product's RMS over the same sampled pairs
+    u = torch.randint(1, model.n_users, (8192,), generator=generator)
+    i = torch.randint(1, model.n_items, (8192,), generator=generator)
+    assert torch.allclose(model.cia.cross_scale, (user[u] * item[i]).pow(2).mean().sqrt())
+    items, users_a, users_b = torch.tensor([1, 2, 3]), torch.tensor([1, 1, 1]), torch.tensor([2, 3, 4])
+    with torch.no_grad():
+        start = model.cia.item_tokens(items, users_a)
+        assert torch.equal(start, model.cia(item[items]))  # zero branch: the paper's M(i)
+        assert torch.equal(start, model.cia.item_tokens(items, users_b))
+    model.set_stage(2)
+    assert model.cia.cross.weight.requires_grad and "cia.cross.weight" in model.checkpoint_state()
+    model.cia.item_tokens(items, users_a).pow(2).sum().backward()
+    assert model.cia.cross.weight.grad.abs().sum() > 0  # the zero branch gets a gradient, so it learns
+    with torch.no_grad():
+        model.cia.cross.weight.normal_()
+        assert not torch.allclose(model.cia.item_tokens(items, users_a), model.cia.item_tokens(items, users_b))
+
+
 def test_token_scale_off_keeps_the_plain_modules(tiny_root, tmp_path):
     _, model, _, _, _ = build(tiny_root, tmp_path, token_scale=False)
     assert model.cia.scale is None and model.vma.scale is None and model.uhem.out_scale is None

@@ -212,7 +212,8 @@ class LLMRecommender(AbstractRecommender):
         if self.use_visual and (slots & set(IMAGE_SLOTS) or HISTORY_SLOT in slots):
             self.vma = VMA(image_table, self.hidden, **mapping)
         if slots & set(USER_SLOTS + ITEM_SLOTS):
-            self.cia = CIA(self.n_users, self.n_items, int(config["mf_embedding_size"]), self.hidden, **mapping)
+            self.cia = CIA(self.n_users, self.n_items, int(config["mf_embedding_size"]), self.hidden, **mapping,
+                           interaction=bool(config["cia_interaction"]))
         if HISTORY_SLOT in slots:
             self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"],
                              token_rms=rms)
@@ -372,7 +373,7 @@ class LLMRecommender(AbstractRecommender):
             elif name in USER_SLOTS:
                 vectors[name] = self.cia.user_tokens(interaction[self.USER_ID])
             elif name in ITEM_SLOTS:
-                vectors[name] = self.cia.item_tokens(item)
+                vectors[name] = self.cia.item_tokens(item, interaction[self.USER_ID])
             elif name == HISTORY_SLOT:
                 images = self.vma.tokens(hist_ids) if self.use_visual else None
                 vectors[name] = self.uhem.encode(hist_ids, hist_mask, self.llm.get_input_embeddings(), images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from recbole_histllm.model.modules.mapping import MappingModule, TokenStats
 
@@ -10,24 +11,49 @@ from recbole_histllm.model.modules.mapping import MappingModule, TokenStats
 class CIA(MappingModule):
     """One mapping :math:`M_\\omega` shared by users and items (Eq. 11-12) over the MF tables :math:`\\mathbf u`,
     :math:`\\mathbf i` (Eq. 9-10) that stage 0 trains (:meth:`load`). The tables are buffers (saved with the
-    checkpoint, never trained): only the mapping learns."""
+    checkpoint, never trained): only the mapping learns.
+
+    ``interaction`` (config ``cia_interaction``, beyond the paper's text): the item token also carries the pair's
+    product :math:`\\mathbf u \\odot \\mathbf i` (whose sum is MF's logit) through a linear branch added before the
+    token scale, ``emit(M(i) + W (u * i) / s)`` with ``s`` the product's RMS over sampled pairs. ``W`` starts at
+    zero, so at initialisation the token is the paper's :math:`M_\\omega(\\mathbf i)`. Without it the frozen LLM
+    has to compare two separately mapped tokens through attention to see whether they match.
+    """
 
     def __init__(self, n_users: int, n_items: int, dim: int, out_dim: int, hidden: int | None = None,
-                 layers: int = 2, token_rms: float | TokenStats | None = None) -> None:
+                 layers: int = 2, token_rms: float | TokenStats | None = None, interaction: bool = False) -> None:
         super().__init__(dim, out_dim, hidden, layers, token_rms=token_rms)
         self.register_buffer("user_table", torch.zeros(n_users, dim))
         self.register_buffer("item_table", torch.zeros(n_items, dim))
+        self.cross = None
+        if interaction:
+            self.cross = nn.Linear(dim, out_dim)
+            nn.init.zeros_(self.cross.weight)
+            nn.init.zeros_(self.cross.bias)
+            self.register_buffer("cross_scale", torch.ones(()))
 
     @torch.no_grad()
-    def load(self, user: torch.Tensor, item: torch.Tensor) -> None:
+    def load(self, user: torch.Tensor, item: torch.Tensor, pairs: int = 8192) -> None:
         """Take MF's user and item tables (rows by this dataset's internal ids) and standardise the mapping's
-        inputs over both (row 0, padding, left out)."""
+        inputs over both (row 0, padding, left out); with ``interaction``, the product's RMS over ``pairs``
+        random (user, item) pairs (a fixed generator: the same scale on every run)."""
         self.user_table.copy_(user.to(self.user_table))
         self.item_table.copy_(item.to(self.item_table))
         self.set_input_stats(torch.cat([self.user_table[1:], self.item_table[1:]]))
+        if self.cross is not None and len(self.user_table) > 1 and len(self.item_table) > 1:
+            generator = torch.Generator().manual_seed(0)
+            u = torch.randint(1, len(self.user_table), (pairs,), generator=generator)
+            i = torch.randint(1, len(self.item_table), (pairs,), generator=generator)
+            product = self.user_table[u.to(self.user_table.device)] * self.item_table[i.to(self.item_table.device)]
+            self.cross_scale.copy_(product.float().pow(2).mean().sqrt().clamp(min=1e-8))
 
     def user_tokens(self, users: torch.Tensor) -> torch.Tensor:
         return self(self.user_table[users])
 
-    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
-        return self(self.item_table[items])
+    def item_tokens(self, items: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """The item token; with ``interaction`` (and ``users``, one per item) it also carries ``u * i``."""
+        item = self.item_table[items]
+        if self.cross is None or users is None:
+            return self(item)
+        product = self.user_table[users] * item / self.cross_scale.to(item.dtype)
+        return self.emit(self.project(item) + self.cross(product))

@@ -120,10 +120,17 @@ class MappingModule(nn.Module):
         self.in_mean.copy_(table.mean(0))
         self.in_std.copy_(table.std(0).clamp(min=1e-6))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on the (standardised) input, before :meth:`emit` scales it to a token."""
         if self.scale is not None:
             x = (x - self.in_mean.to(x.dtype)) / self.in_std.to(x.dtype)
-        y = self.net(x)
+        return self.net(x)
+
+    def emit(self, y: torch.Tensor) -> torch.Tensor:
+        """``k`` tokens per row at the token scale (:class:`TokenScale`) from :meth:`project`'s output."""
         if self.k > 1:
-            y = y.reshape(*x.shape[:-1], self.k, self.out_dim)
+            y = y.reshape(*y.shape[:-1], self.k, self.out_dim)
         return self.scale(y) if self.scale is not None else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emit(self.project(x))
