@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from recbole.trainer import Trainer
 from test_histllm import build, lora_tensors
 
 from recbole_histllm.model.modules import MappingModule, TokenScale, TokenStats
@@ -141,6 +143,34 @@ def test_lora_checkpoint_skips_stage1_with_another_runs_lora(tiny_root, tmp_path
     assert summary["source"] == "given" and summary["checkpoint"] == str(stage1) and "best_valid_auc" in summary
     assert all(torch.equal(v, lora_tensors(model)[k]) for k, v in trained.items())
     assert not (second_dir / "HistLLM-stage1.pth").exists()
+
+
+def test_mf_holdout_fits_stage0_without_the_rows_stage2_trains_on(tiny_root, tmp_path, monkeypatch):
+    config, model, train, valid, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=2,
+                                           stage2_train_rows=6, mf_holdout=True)
+    trainer = LLMTrainer(config, model)
+    n = len(train._dataset)
+    trained_rows, fitted = [], []
+    original_order = trainer._epoch_order
+    monkeypatch.setattr(trainer, "_epoch_order",
+                        lambda *a: trained_rows.append(original_order(*a)) or trained_rows[-1])
+    original_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit",
+                        lambda self, data, *a, **k: fitted.append(data) or original_fit(self, data, *a, **k))
+    held = trainer.holdout_rows(n)
+    trained_rows.clear()
+    trainer.fit(train, valid)
+    stage2 = np.unique(torch.cat(trained_rows[-2:]).numpy())  # the two epochs stage 2 trained
+    assert np.array_equal(held, stage2) and 6 <= len(held) <= 12
+    (data,) = fitted  # stage 0 saw every other train row and none of these
+    assert len(data._dataset) == n - len(held) == n - trainer.stage_summaries["stage0"]["holdout_rows"]
+    kept = set(zip(data._dataset.inter_feat["user_id"].tolist(), data._dataset.inter_feat["item_id"].tolist()))
+    rows = train._dataset.inter_feat
+    pairs = set(zip(rows["user_id"][torch.from_numpy(held)].tolist(), rows["item_id"][torch.from_numpy(held)].tolist()))
+    assert not kept & pairs
+    config, model, train, valid, _ = build(tiny_root, tmp_path / "all", stage2_train_rows=None, mf_holdout=True)
+    with pytest.raises(UsageError, match="mf_holdout"):
+        LLMTrainer(config, model).fit(train, valid)
 
 
 def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):

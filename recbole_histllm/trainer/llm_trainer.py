@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from recbole_histllm import distributed
 from recbole_histllm.evaluator import user_auc
-from recbole_histllm.model.llm_recommender import LORA
+from recbole_histllm.model.llm_recommender import ITEM_SLOTS, LORA, USER_SLOTS
 from recbole_histllm.split import impression_field
 from recbole_histllm.utils import UsageError, config_value
 
@@ -204,12 +204,44 @@ class LLMTrainer(Trainer):
         return {"auc": round(auc, 4), "uauc": round(uauc, 4)}
 
     # ---- stage 0 ----------------------------------------------------------------------------
+    def _rows_per_epoch(self, stage: int, n_train: int) -> int:
+        budget = config_value(self.config, f"stage{stage}_train_rows")
+        return n_train if budget is None else min(int(budget), n_train)
+
+    def _epoch_order(self, stage: int, epoch: int, n_train: int) -> torch.Tensor:
+        """The train rows of one epoch of a stage (seed-fixed, fresh each epoch)."""
+        return torch.randperm(n_train, generator=self._generator(stage, epoch))[:self._rows_per_epoch(stage, n_train)]
+
+    def holdout_rows(self, n_train: int) -> np.ndarray:
+        """Every train row a stage with collaborative slots will train on (``mf_holdout``), sorted."""
+        slots = set(USER_SLOTS + ITEM_SLOTS)
+        rows = [self._epoch_order(stage, epoch, n_train)
+                for stage in self.model.training_stages() if slots & set(self.model.templates[stage].slots)
+                for epoch in range(int(config_value(self.config, f"stage{stage}_epochs", 1)))]
+        return np.unique(torch.cat(rows).numpy()) if rows else np.zeros(0, dtype=np.int64)
+
+    def _holdout_data(self, train_data):
+        """``train_data`` without the rows the later stages train on, so that the collaborative inputs of those
+        rows are out of sample, as they are for valid and test rows (stacking's out-of-fold fit)."""
+        dataset = train_data._dataset
+        held = self.holdout_rows(len(dataset))
+        if len(held) >= len(dataset):
+            raise UsageError(f"mf_holdout: True holds out all {len(dataset)} train rows (the stages train on the"
+                             " whole split); set stage<k>_train_rows to a budget or mf_holdout: False")
+        keep = np.ones(len(dataset), dtype=bool)
+        keep[held] = False
+        self.logger.info(f"mf_holdout: stage 0 fits on {int(keep.sum())} of {len(dataset)} train rows, without the"
+                         f" {len(held)} the later stages train on")
+        subset = dataset.copy(dataset.inter_feat[torch.from_numpy(np.nonzero(keep)[0])])
+        return type(train_data)(self.config, subset, train_data._sampler, shuffle=True), len(held)
+
     def _stage0(self, train_data, valid_data) -> None:
         """Train (or resume, or take as given) the model's collaborative model and load it."""
         spec = self.model.collaborative_model()
         if spec is None:
             return
         start = time.time()
+        held = 0
         checkpoint = config_value(self.config, spec.checkpoint_key)
         if checkpoint:
             source = "given"
@@ -231,11 +263,14 @@ class LLMTrainer(Trainer):
                     weight_decay=0.0,
                 )
                 net = spec.model(config, train_data._dataset).to(self.device)
+                fit_data = train_data
+                if self.config["mf_holdout"]:
+                    fit_data, held = self._holdout_data(train_data)
                 trainer = Trainer(config, net)
                 partial = checkpoint + ".partial"
                 trainer.saved_model_file = partial
                 self.logger.info(set_color("stage 0", "green") + f": {spec.name} on the train split (collaborative)")
-                trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+                trainer.fit(fit_data, valid_data, saved=True, show_progress=False)
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
             distributed.barrier()
         self.model.load_collaborative(checkpoint, train_data._dataset)
@@ -247,7 +282,8 @@ class LLMTrainer(Trainer):
             "model": spec.name, "checkpoint": str(checkpoint), "source": source,
             "best_epoch": saved.get("epoch") if isinstance(saved, dict) else None,
             "best_valid_score": None if score is None else round(float(score), 4),
-            "valid_metric": self.config["valid_metric"], "time_s": round(time.time() - start, 2)}
+            "valid_metric": self.config["valid_metric"], "time_s": round(time.time() - start, 2),
+            "holdout_rows": held if source == "trained" else None}
 
     # ---- prompt stages ---------------------------------------------------------------------
     def _load_lora_stage(self, key: str, path: str) -> dict:
@@ -360,11 +396,10 @@ class LLMTrainer(Trainer):
     def _start_stage(self, stage: int, n_train: int, saved: dict | None) -> _StageRun:
         """The optimiser, schedule and counters of a stage, restored from an unfinished stage file."""
         key, cfg = f"stage{stage}", self.config
-        budget = config_value(cfg, f"{key}_train_rows")
         run = _StageRun(
             stage=stage, epochs=int(config_value(cfg, f"{key}_epochs", 1)),
             batch_size=int(config_value(cfg, f"{key}_batch_size", 8)),
-            rows_per_epoch=n_train if budget is None else min(int(budget), n_train),
+            rows_per_epoch=self._rows_per_epoch(stage, n_train),
             accumulate=int(config_value(cfg, "gradient_accumulation_steps", 1)),
             patience=int(config_value(cfg, "stopping_step", 2)),
             params=[p for p in self.model.parameters() if p.requires_grad], optimizer=self._optimizer(key),
@@ -387,7 +422,7 @@ class LLMTrainer(Trainer):
         Each global batch is split between the ranks; their gradients are summed before every step."""
         start, model = time.time(), self.model
         model.train()
-        order = torch.randperm(len(train_ds), generator=self._generator(run.stage, epoch))[:run.rows_per_epoch]
+        order = self._epoch_order(run.stage, epoch, len(train_ds))
         batches = self.train_batches(train_ds, order, run.batch_size, run.stage, epoch)  # global; each rank its shard
         bar = tqdm(batches, desc=f"stage{run.stage} epoch {epoch}", ncols=100, disable=not show_progress)
         total = 0.0  # this rank's share of the sum of batch-mean losses (summed over ranks after the epoch)
