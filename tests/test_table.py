@@ -469,3 +469,16 @@ def test_blend_with_an_unknown_row_stops_before_any_run(tiny_root, tmp_path, mon
     assert tbl.main(["--dataset=tiny", f"--data_path={tiny_root}", "--models=MF", "--blend=DeepFM",
                      f"--out={tmp_path}"]) == 2
     assert "--blend=DeepFM: no such row in --models (MF)" in capsys.readouterr().err
+
+
+def test_stage0_with_mf_holdout_is_shared_only_with_the_same_later_rows():
+    stage_config = tbl.stage_config
+    base = {"dataset": "ml-100k", "seed": 2020, "mf_embedding_size": 256, "stage2_train_rows": 1024,
+            "stage2_epochs": 3, "stage2_learning_rate": 1e-3}
+    more_rows = {**base, "stage2_train_rows": 2048}
+    other_lr = {**base, "stage2_learning_rate": 5e-4}
+    assert stage_config("HistLLM", base, 0) == stage_config("HistLLM", more_rows, 0)  # MF fits every train row
+    held = {**base, "mf_holdout": True}
+    assert stage_config("HistLLM", held, 0) != stage_config("HistLLM", base, 0)
+    assert stage_config("HistLLM", held, 0) != stage_config("HistLLM", {**more_rows, "mf_holdout": True}, 0)
+    assert stage_config("HistLLM", held, 0) == stage_config("HistLLM", {**other_lr, "mf_holdout": True}, 0)
