@@ -269,7 +269,8 @@ class LLMTrainer(Trainer):
                 trainer = Trainer(config, net)
                 partial = checkpoint + ".partial"
                 trainer.saved_model_file = partial
-                self.logger.info(set_color("stage 0", "green") + f": {spec.name} on the train split (collaborative)")
+                split = f"the train split less the {held} held-out rows" if held else "the train split"
+                self.logger.info(set_color("stage 0", "green") + f": {spec.name} on {split} (collaborative)")
                 trainer.fit(fit_data, valid_data, saved=True, show_progress=False)
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
             distributed.barrier()
