@@ -230,8 +230,6 @@ class LLMTrainer(Trainer):
                              " whole split); set stage<k>_train_rows to a budget or mf_holdout: False")
         keep = np.ones(len(dataset), dtype=bool)
         keep[held] = False
-        self.logger.info(f"mf_holdout: stage 0 fits on {int(keep.sum())} of {len(dataset)} train rows, without the"
-                         f" {len(held)} the later stages train on")
         subset = dataset.copy(dataset.inter_feat[torch.from_numpy(np.nonzero(keep)[0])])
         return type(train_data)(self.config, subset, train_data._sampler, shuffle=True), len(held)
 
@@ -269,7 +267,9 @@ class LLMTrainer(Trainer):
                 trainer = Trainer(config, net)
                 partial = checkpoint + ".partial"
                 trainer.saved_model_file = partial
-                split = f"the train split less the {held} held-out rows" if held else "the train split"
+                split = "the train split"
+                if held:
+                    split += f" less the {held} rows the later stages train on (mf_holdout)"
                 self.logger.info(set_color("stage 0", "green") + f": {spec.name} on {split} (collaborative)")
                 trainer.fit(fit_data, valid_data, saved=True, show_progress=False)
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
