@@ -239,6 +239,7 @@ def run(
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    code = code_version()  # the checkout this run imported: a commit or an edit during a long run must not relabel it
 
     times: dict[str, float] = {}
     start = time.time()
@@ -289,10 +290,14 @@ def run(
         "precision": getattr(net, "precision", None),  # LLM models: "bf16 autocast" or "float32" (CPU-dependent)
         "checkpoint": trainer.saved_model_file,
         "versions": package_versions(),
-        "code": code_version(),
+        "code": code,
         "config": config.final_config_dict,
         "finished": datetime.now().isoformat(timespec="seconds"),
     }
+    finish_code = code_version()
+    if finish_code != code:  # the checkout changed while the run trained: say so, keep what it started from
+        result["code_at_finish"] = finish_code
+        logger.warning(f"the checkout changed during the run: started at {code}, finished at {finish_code}")
     if distributed.is_main():  # under torchrun every rank holds the same results; rank 0 writes them
         write_predictions(output_dir / "test_predictions.csv", test_data._dataset, predictions)
         with open(output_dir / "result.json", "w", encoding="utf-8") as handle:

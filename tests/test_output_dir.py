@@ -53,3 +53,17 @@ def test_two_cli_runs_in_the_same_second_keep_their_own_results(ml100k_root, tmp
     seeds = [json.loads((tmp_path / out / "result.json").read_text())["seed"] for out in outs]
     assert seeds == [1, 2]
     assert all((tmp_path / out / "test_predictions.csv").is_file() for out in outs)
+
+
+def test_result_records_the_code_the_run_started_from(ml100k_root, tmp_path, monkeypatch):
+    """A commit or edit while a long run trains must not relabel it: ``code`` is the checkout at the start, and a
+    different one at the end is kept beside it as ``code_at_finish``."""
+    states = iter([{"package": "0.1.0", "commit": "a" * 40, "dirty": False},
+                   {"package": "0.1.0", "commit": "b" * 40, "dirty": True}])
+    monkeypatch.setattr(quick_start, "code_version", lambda: next(states))
+    out = tmp_path / "out"
+    quick_start.run("MF", "ml-100k", config_dict={"data_path": str(ml100k_root), "epochs": 1, "show_progress": False},
+                    output_dir=out)
+    written = json.loads((out / "result.json").read_text())
+    assert written["code"]["commit"] == "a" * 40 and written["code"]["dirty"] is False
+    assert written["code_at_finish"]["commit"] == "b" * 40 and written["code_at_finish"]["dirty"] is True
