@@ -76,8 +76,9 @@ def test_cia_tokens_follow_the_loaded_mf_embeddings(tiny_root, tmp_path):
 
 
 def test_cia_interaction_starts_as_the_paper_token_then_carries_the_pairs_mf_product(tiny_root, tmp_path):
-    _, model, _, _, _ = build(tiny_root, tmp_path, cia_interaction=True)
-    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain")
+    config, model, _, _, _ = build(tiny_root, tmp_path)  # HistLLM's default since the three-seed tables
+    assert config["cia_interaction"] and config["mf_holdout"]
+    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain", cia_interaction=False)
     assert plain.cia.cross is None
     torch.manual_seed(0)
     user, item = torch.randn(model.n_users, 256) * 0.05, torch.randn(model.n_items, 256) * 0.05
@@ -171,6 +172,20 @@ def test_mf_holdout_fits_stage0_without_the_rows_stage2_trains_on(tiny_root, tmp
     config, model, train, valid, _ = build(tiny_root, tmp_path / "all", stage2_train_rows=None, mf_holdout=True)
     with pytest.raises(UsageError, match="mf_holdout"):
         LLMTrainer(config, model).fit(train, valid)
+
+
+def test_a_given_mf_checkpoint_must_have_held_out_this_runs_rows(tiny_root, tmp_path):
+    """With the product in the item token, an MF fit on the rows stage 2 trains on (an ``--model=MF`` run, or
+    another seed's or budget's holdout) puts it in sample there: the trainer names why."""
+    config, model, _, _, _ = build(tiny_root, tmp_path, stage2_train_rows=6)
+    trainer = LLMTrainer(config, model)
+    same = {"mf_holdout": True, "seed": config["seed"], "stage2_train_rows": 6,
+            "stage2_epochs": config["stage2_epochs"]}
+    assert trainer._holdout_mismatch(same) is None
+    assert "without mf_holdout" in trainer._holdout_mismatch({**same, "mf_holdout": None})
+    assert "records no config" in trainer._holdout_mismatch(None)
+    assert "seed" in trainer._holdout_mismatch({**same, "seed": 1})
+    assert "stage2_train_rows" in trainer._holdout_mismatch({**same, "stage2_train_rows": 7})
 
 
 def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):

@@ -195,8 +195,9 @@ def test_llm_rows_of_a_seed_share_their_finished_stages(tiny_root, tmp_path, mon
     out = tmp_path / "tables"
     # HistLLM: stage 1 on. Every row trains on CPU with one attention kernel (HistLLM.yaml sets eager, the shared
     # default is torch's): the kernel is part of a stage's config, so rows with different kernels share no LoRA.
+    # Every stage 0 fits the whole train split (HistLLM.yaml's mf_holdout would hold out its own stage-2 rows).
     args = ["--dataset=tiny", f"--data_path={tiny_root}", "--seeds=2", f"--out={out}", "--stage1_epochs=1",
-            "--cpu_train_attention=eager",
+            "--cpu_train_attention=eager", "--mf_holdout=False",
             "--models=HistLLM,CoLLM,Big LoRA=HistLLM:lora_r=16,BinLLM,TALLRec-image,w/o KE"]
     assert tbl.main(args) == 0
     given = {(label, seed): g for label, seed, g in calls}
@@ -224,10 +225,11 @@ def test_a_given_stage_counts_only_with_the_same_stage_config(tiny_root, tmp_pat
     same stage config (or is not at hand); a stage taken from a run with another stage config is."""
     calls: list = []
     monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
-    out, common = tmp_path / "tables", ["--dataset=tiny", f"--data_path={tiny_root}"]
+    out, common = tmp_path / "tables", ["--dataset=tiny", f"--data_path={tiny_root}", "--mf_holdout=False"]
     assert tbl.main([*common, f"--out={out}", "--models=HistLLM,CoLLM"]) == 0
     collm = _run_dir(out, "CoLLM", 2020) / "result.json"
-    expected = tbl.expected_config(tbl.Row("CoLLM", "CoLLM"), "tiny", 2020, {"data_path": str(tiny_root)})
+    expected = tbl.expected_config(tbl.Row("CoLLM", "CoLLM"), "tiny", 2020,
+                                   {"data_path": str(tiny_root), "mf_holdout": False})
     assert tbl._matches(collm, expected, None)
     assert tbl._matches(collm, {**expected, "lora_checkpoint": None}, None)  # once the key has a default
     assert not tbl._matches(collm, {**expected, "mf_checkpoint": "/elsewhere/MF-stage0.pth"}, None)  # asked for
@@ -469,6 +471,17 @@ def test_blend_with_an_unknown_row_stops_before_any_run(tiny_root, tmp_path, mon
     assert tbl.main(["--dataset=tiny", f"--data_path={tiny_root}", "--models=MF", "--blend=DeepFM",
                      f"--out={tmp_path}"]) == 2
     assert "--blend=DeepFM: no such row in --models (MF)" in capsys.readouterr().err
+
+
+def test_histllms_default_holdout_mf_is_not_given_to_collm(tiny_root, tmp_path, monkeypatch):
+    """HistLLM.yaml's mf_holdout fits MF without stage 2's rows: CoLLM (whole split) trains its own stage 0."""
+    calls: list = []
+    monkeypatch.setattr(tbl, "launch", _fake_launcher(calls))
+    out = tmp_path / "tables"
+    assert tbl.main(["--dataset=tiny", f"--data_path={tiny_root}", f"--out={out}", "--stage1_epochs=1",
+                     "--cpu_train_attention=eager", "--models=HistLLM,CoLLM"]) == 0
+    given = {label: g for label, _, g in calls}
+    assert given["HistLLM"] == {} and set(given["CoLLM"]) == {"lora_checkpoint"}
 
 
 def test_stage0_with_mf_holdout_is_shared_only_with_the_same_later_rows():

@@ -212,11 +212,14 @@ class LLMTrainer(Trainer):
         """The train rows of one epoch of a stage (seed-fixed, fresh each epoch)."""
         return torch.randperm(n_train, generator=self._generator(stage, epoch))[:self._rows_per_epoch(stage, n_train)]
 
+    def _collaborative_stages(self) -> list[int]:
+        """The stages that train with collaborative (CIA) slots in their prompt."""
+        slots = set(USER_SLOTS + ITEM_SLOTS)
+        return [stage for stage in self.model.training_stages() if slots & set(self.model.templates[stage].slots)]
+
     def holdout_rows(self, n_train: int) -> np.ndarray:
         """Every train row a stage with collaborative slots will train on (``mf_holdout``), sorted."""
-        slots = set(USER_SLOTS + ITEM_SLOTS)
-        rows = [self._epoch_order(stage, epoch, n_train)
-                for stage in self.model.training_stages() if slots & set(self.model.templates[stage].slots)
+        rows = [self._epoch_order(stage, epoch, n_train) for stage in self._collaborative_stages()
                 for epoch in range(int(config_value(self.config, f"stage{stage}_epochs", 1)))]
         return np.unique(torch.cat(rows).numpy()) if rows else np.zeros(0, dtype=np.int64)
 
@@ -227,11 +230,25 @@ class LLMTrainer(Trainer):
         held = self.holdout_rows(len(dataset))
         if len(held) >= len(dataset):
             raise UsageError(f"mf_holdout: True holds out all {len(dataset)} train rows (the stages train on the"
-                             " whole split); set stage<k>_train_rows to a budget or mf_holdout: False")
+                             " whole split); set stage<k>_train_rows to a budget, or --mf_holdout=False"
+                             " --cia_interaction=False (HistLLM's defaults turn both on; the MF product without"
+                             " the holdout is in sample on the rows the stages train)")
         keep = np.ones(len(dataset), dtype=bool)
         keep[held] = False
         subset = dataset.copy(dataset.inter_feat[torch.from_numpy(np.nonzero(keep)[0])])
         return type(train_data)(self.config, subset, train_data._sampler, shuffle=True), len(held)
+
+    def _holdout_mismatch(self, fitted) -> str | None:
+        """Why a given stage-0 checkpoint (``fitted``: the config saved with it) did not hold out this run's
+        ``mf_holdout`` rows, or None when it did (same seed, the same rows per stage, ``mf_holdout`` on)."""
+        if fitted is None:
+            return "records no config"
+        if not config_value(fitted, "mf_holdout"):
+            return "was fit without mf_holdout (on the whole train split)"
+        keys = ["seed"] + [f"stage{k}_{what}" for k in self._collaborative_stages()
+                           for what in ("train_rows", "epochs")]
+        differ = [k for k in keys if config_value(fitted, k) != config_value(self.config, k)]
+        return f"held out other rows ({', '.join(differ)} differ)" if differ else None
 
     def _stage0(self, train_data, valid_data) -> None:
         """Train (or resume, or take as given) the model's collaborative model and load it."""
@@ -275,9 +292,20 @@ class LLMTrainer(Trainer):
                 os.replace(partial, checkpoint)  # only a finished stage 0 counts on resume
             distributed.barrier()
         self.model.load_collaborative(checkpoint, train_data._dataset)
+        # RecBole's Trainer saves the config with the weights: a given stage 0 must have held out this run's rows
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if source == "given" and self.config["cia_interaction"] and self.holdout_rows(len(train_data._dataset)).size:
+            mismatch = self._holdout_mismatch(saved.get("config") if isinstance(saved, dict) else None)
+            if mismatch:
+                self.logger.warning(f"{spec.checkpoint_key} {checkpoint}: {mismatch}, so with cia_interaction the MF"
+                                    " product is in sample on rows the later stages train on; give the stage-0"
+                                    " checkpoint of a run with the same seed, stage rows and mf_holdout: True, or"
+                                    " --cia_interaction=False")
+        elif source == "trained" and self.config["cia_interaction"] and not self.config["mf_holdout"]:
+            self.logger.warning("cia_interaction without mf_holdout: stage 0 fit MF on the rows the later stages train"
+                                " on, so the MF product is in sample there (and out of sample on valid and test rows)")
         # RecBole's Trainer saves its best epoch and valid score with the weights: recorded so that runs
         # whose stage 0 was trained apart (e.g. table rows in separate processes) can be compared
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         score = saved.get("best_valid_score") if isinstance(saved, dict) else None
         self.stage_summaries["stage0"] = {
             "model": spec.name, "checkpoint": str(checkpoint), "source": source,
