@@ -79,7 +79,15 @@ def rebuild_config(result: dict, overrides: dict[str, Any] | None = None) -> Con
         default = Config(model=model, dataset=dataset, config_dict=dict(overrides))
         replay = {k: v for k, v in recorded.items() if k not in DERIVED_KEYS and k not in overrides
                   and _jsonable(default.final_config_dict.get(k)) != v}
-        config = Config(model=model, dataset=dataset, config_dict={**replay, **overrides})
+        # a switch on today that the run does not record came after it: the run computed without it (the table
+        # runner matches runs the same way), e.g. HistLLM's cia_interaction for runs recorded before that key
+        later = sorted(k for k, v in default.final_config_dict.items() if v is True and recorded
+                       and k not in recorded and k not in overrides and k not in DERIVED_KEYS)
+        if later:
+            getLogger().warning(f"{len(later)} switch(es) on by today's defaults are absent from the run's result.json"
+                                f" (added after it): rebuilt with them off: {', '.join(later)}")
+        config = Config(model=model, dataset=dataset, config_dict={**dict.fromkeys(later, False), **replay,
+                                                                   **overrides})
     except (NotImplementedError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise InputError(f"cannot rebuild the configuration of {model} on {dataset}: {err}") from err
     unknown = sorted(set(overrides) - config.known_keys())

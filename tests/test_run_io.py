@@ -244,6 +244,22 @@ def test_every_model_kind_reloads_with_the_same_scores(model, tiny_root, tmp_pat
     np.testing.assert_allclose(got.score, expected.score, atol=1e-6, rtol=0)
 
 
+def test_a_run_recorded_before_a_switch_existed_reloads_with_it_off(tiny_root, tmp_path, caplog):
+    """HistLLM's cia_interaction is on by default since 2026-12-04; a run whose result.json predates the key
+    trained without it, and its checkpoint has no product branch: it reloads with the switch off, named."""
+    train("HistLLM", "tiny", [], {"data_path": str(tiny_root), **FAST_LLM, "stage1_epochs": 0, "stage2_epochs": 1,
+                                  "cia_interaction": False, "mf_holdout": False}, tmp_path / "run")
+    path = tmp_path / "run" / "result.json"
+    result = json.loads(path.read_text())
+    for key in ("cia_interaction", "mf_holdout"):
+        del result["config"][key]
+    path.write_text(json.dumps(result))
+    with caplog.at_level("WARNING"):
+        run = load_run(tmp_path / "run")
+    assert run.config["cia_interaction"] is False and run.model.cia.cross is None
+    assert any("cia_interaction, mf_holdout" in r.getMessage() for r in caplog.records)
+
+
 def test_without_a_timestamp_column_the_history_is_every_like(cold):
     run = load_run(cold["hist"])
     pairs = pd.DataFrame({"user_id": ["1", "2", "3"], "item_id": ["3", "4", "5"]})
