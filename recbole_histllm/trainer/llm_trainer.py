@@ -294,7 +294,7 @@ class LLMTrainer(Trainer):
         self.model.load_collaborative(checkpoint, train_data._dataset)
         # RecBole's Trainer saves the config with the weights: a given stage 0 must have held out this run's rows
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if source == "given" and self.config["cia_interaction"] and self.holdout_rows(len(train_data._dataset)).size:
+        if source == "given" and self.config["cia_interaction"] and self._collaborative_stages():
             mismatch = self._holdout_mismatch(saved.get("config") if isinstance(saved, dict) else None)
             if mismatch:
                 self.logger.warning(f"{spec.checkpoint_key} {checkpoint}: {mismatch}, so with cia_interaction the MF"
