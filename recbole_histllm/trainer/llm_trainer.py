@@ -37,6 +37,7 @@ from logging import getLogger
 
 import numpy as np
 import torch
+from recbole.config import Config
 from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
 from recbole.utils import set_color
@@ -50,6 +51,17 @@ from recbole_histllm.split import impression_field
 from recbole_histllm.utils import UsageError, config_value
 
 BUCKET_BATCHES = 50  # length_buckets: batches per chunk of the epoch's random order sorted by prompt length
+
+
+def stage0_config(config: Config, model: str) -> Config:
+    """A copy of an LLM run's ``config`` set up for its stage-0 collaborative ``model`` (the ``mf_*`` keys)."""
+    out = copy.copy(config)
+    out.final_config_dict = dict(config.final_config_dict)
+    out.final_config_dict.update(model=model, embedding_size=config["mf_embedding_size"],
+                                 learning_rate=config["mf_learning_rate"], epochs=config["mf_epochs"],
+                                 reg_weight=config["mf_reg_weight"], init_std=0.01,
+                                 stopping_step=config["mf_stopping_step"], weight_decay=0.0)
+    return out
 
 
 @dataclass
@@ -265,18 +277,7 @@ class LLMTrainer(Trainer):
             source = "resumed" if os.path.isfile(checkpoint) else "trained"
             distributed.barrier()  # every rank has looked for the checkpoint before rank 0 may write it
             if source == "trained" and distributed.is_main():  # the other ranks wait, then load it
-                config = copy.copy(self.config)
-                config.final_config_dict = dict(self.config.final_config_dict)
-                config.final_config_dict.update(
-                    model=spec.name,
-                    embedding_size=self.config["mf_embedding_size"],
-                    learning_rate=self.config["mf_learning_rate"],
-                    epochs=self.config["mf_epochs"],
-                    reg_weight=self.config["mf_reg_weight"],
-                    init_std=0.01,
-                    stopping_step=self.config["mf_stopping_step"],
-                    weight_decay=0.0,
-                )
+                config = stage0_config(self.config, spec.name)
                 net = spec.model(config, train_data._dataset).to(self.device)
                 fit_data = train_data
                 if self.config["mf_holdout"]:

@@ -10,7 +10,6 @@ UAUC per MF; writes nothing into the run folder.
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 from pathlib import Path
 
@@ -23,17 +22,7 @@ from recbole_histllm.evaluator.uauc import user_auc
 from recbole_histllm.model.mf import MF, load_mf_embeddings
 from recbole_histllm.quick_start import subsample_test
 from recbole_histllm.run_io import load_run
-
-
-def mf_config(config):
-    """The run's config as stage 0 sets it for MF (``LLMTrainer._stage0``)."""
-    out = copy.copy(config)
-    out.final_config_dict = dict(config.final_config_dict)
-    out.final_config_dict.update(model="MF", embedding_size=config["mf_embedding_size"],
-                                 learning_rate=config["mf_learning_rate"], epochs=config["mf_epochs"],
-                                 reg_weight=config["mf_reg_weight"], init_std=0.01,
-                                 stopping_step=config["mf_stopping_step"], weight_decay=0.0)
-    return out
+from recbole_histllm.trainer.llm_trainer import stage0_config
 
 
 def main() -> None:
@@ -42,7 +31,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
     run = load_run(args.run)
-    config = mf_config(run.config)
+    config = stage0_config(run.config, "MF")
     inter = subsample_test(run.test_data, run.config)._dataset.inter_feat
     users, items = inter[run.config["USER_ID_FIELD"]], inter[run.config["ITEM_ID_FIELD"]]
     labels = inter[run.config["LABEL_FIELD"]].numpy() > 0.5

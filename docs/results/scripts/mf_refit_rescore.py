@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from mf_holdout_cost import mf_config
 from recbole.trainer import Trainer
 
 from recbole_histllm.model.mf import MF, load_mf_embeddings
 from recbole_histllm.quick_start import subsample_test
 from recbole_histllm.run_io import load_run
+from recbole_histllm.trainer.llm_trainer import stage0_config
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     args = parser.parse_args()
     run = load_run(args.run)
-    config = mf_config(run.config)
+    config = stage0_config(run.config, "MF")
     with tempfile.TemporaryDirectory() as scratch:
         config["checkpoint_dir"] = scratch
         net = MF(config, run.train_data._dataset)
