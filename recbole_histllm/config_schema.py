@@ -307,7 +307,8 @@ STAGE_RULES: dict[str, Rule] = {
     "epochs": Int("epochs of LLM stage k (0 skips the stage)", 0),
     "learning_rate": Num("LoRA learning rate of stage k (the modules' too unless module_learning_rate)", **_RATE),
     "batch_size": Int("global batch of stage k", 1),
-    "train_rows": Int("rows drawn afresh each epoch of stage k (~ = all)", 1, none=True),
+    "train_rows": Int("rows drawn each epoch of stage k, afresh unless stage{k}_repeat_rows (~ = all)", 1, none=True),
+    "repeat_rows": Bool("every epoch of stage k trains the first epoch's rows again, reshuffled (default: fresh rows)"),
     "max_grad_norm": Num("stage k: gradient-norm clipping limit (~ = max_grad_norm)", 0, low_open=True, none=True),
 }
 STAGE_KEY = re.compile(r"stage(\d+)_(" + "|".join(STAGE_RULES) + r")")

@@ -182,7 +182,7 @@ def stage_config(model: str, config: dict[str, Any], stage: int) -> str | None:
         keys = [*_data_keys(), *STAGE0_KEYS, *(k for k in config if k.startswith("mf_") and k != "mf_checkpoint")]
         keys += ["binllm_bits"] if kind == "HashMF" else []
         if config.get("mf_holdout"):  # the held-out rows are the later stages' rows
-            keys += [k for k in config if re.match(r"stage\d+_(train_rows|epochs)$", k)]
+            keys += [k for k in config if re.match(r"stage\d+_(train_rows|epochs|repeat_rows)$", k)]
         spec: dict[str, Any] = {"stage0_model": kind}
     else:
         if model not in STAGE1_MODELS:

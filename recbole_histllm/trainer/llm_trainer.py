@@ -11,10 +11,10 @@
   (zero-shot) is only scored.
 
 Each stage has its own ``stage{k}_epochs``, ``stage{k}_learning_rate``, ``stage{k}_batch_size`` and
-``stage{k}_train_rows`` (rows drawn afresh each epoch; ~ = all; ``stage{k}_epochs: 0`` skips the stage and
-leaves its weights as initialised, recorded as ``skipped: true``), early-stops on AUC over a fixed
-``valid_rows`` subsample of the valid split, saves ONLY trainable weights (never the backbone)
-to ``<checkpoint_dir>/<model>-stage{k}.pth`` after every epoch, and resumes from there after a
+``stage{k}_train_rows`` (rows drawn afresh each epoch unless ``stage{k}_repeat_rows``; ~ = all;
+``stage{k}_epochs: 0`` skips the stage and leaves its weights as initialised, recorded as ``skipped: true``),
+early-stops on AUC over a fixed ``valid_rows`` subsample of the valid split, saves ONLY trainable weights (never
+the backbone) to ``<checkpoint_dir>/<model>-stage{k}.pth`` after every epoch, and resumes from there after a
 kill when rerun with the same ``--output_dir``.
 
 Under ``torchrun --nproc_per_node=N`` (:mod:`recbole_histllm.distributed`): rank 0's initial trainable
@@ -221,7 +221,11 @@ class LLMTrainer(Trainer):
         return n_train if budget is None else min(int(budget), n_train)
 
     def _epoch_order(self, stage: int, epoch: int, n_train: int) -> torch.Tensor:
-        """The train rows of one epoch of a stage (seed-fixed, fresh each epoch)."""
+        """The train rows of one epoch of a stage (seed-fixed): fresh rows each epoch, or with
+        ``stage{k}_repeat_rows`` the first epoch's rows in a new order (fewer rows for ``mf_holdout`` to hold out)."""
+        if epoch > 0 and config_value(self.config, f"stage{stage}_repeat_rows", False):
+            first = self._epoch_order(stage, 0, n_train)
+            return first[torch.randperm(len(first), generator=self._generator(stage, epoch, 2))]
         return torch.randperm(n_train, generator=self._generator(stage, epoch))[:self._rows_per_epoch(stage, n_train)]
 
     def _collaborative_stages(self) -> list[int]:
@@ -258,8 +262,9 @@ class LLMTrainer(Trainer):
         if not config_value(fitted, "mf_holdout"):
             return "was fit without mf_holdout (on the whole train split)"
         keys = ["seed"] + [f"stage{k}_{what}" for k in self._collaborative_stages()
-                           for what in ("train_rows", "epochs")]
-        differ = [k for k in keys if config_value(fitted, k) != config_value(self.config, k)]
+                           for what in ("train_rows", "epochs", "repeat_rows")]
+        off = {k: False for k in keys if k.endswith("_repeat_rows")}  # a Bool key: unset is False
+        differ = [k for k in keys if config_value(fitted, k, off.get(k)) != config_value(self.config, k, off.get(k))]
         return f"held out other rows ({', '.join(differ)} differ)" if differ else None
 
     def _stage0(self, train_data, valid_data) -> None:
