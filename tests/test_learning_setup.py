@@ -174,6 +174,20 @@ def test_mf_holdout_fits_stage0_without_the_rows_stage2_trains_on(tiny_root, tmp
         LLMTrainer(config, model).fit(train, valid)
 
 
+def test_repeat_rows_retrains_the_first_epochs_rows_so_the_holdout_is_one_epoch(tiny_root, tmp_path):
+    config, model, train, _, _ = build(tiny_root, tmp_path, stage1_epochs=0, stage2_epochs=3, stage2_train_rows=6,
+                                       mf_holdout=True, stage2_repeat_rows=True)
+    trainer = LLMTrainer(config, model)
+    n = len(train._dataset)
+    orders = [trainer._epoch_order(2, epoch, n) for epoch in range(3)]
+    assert all(sorted(o.tolist()) == sorted(orders[0].tolist()) for o in orders) and len(set(orders[0].tolist())) == 6
+    assert any(not torch.equal(orders[0], o) for o in orders[1:])  # reshuffled, not replayed
+    assert np.array_equal(trainer.holdout_rows(n), np.sort(orders[0].numpy()))
+    config["stage2_repeat_rows"] = False  # fresh rows: the first epoch's draw, then other rows
+    fresh = [trainer._epoch_order(2, epoch, n) for epoch in range(3)]
+    assert torch.equal(fresh[0], orders[0]) and len(trainer.holdout_rows(n)) > 6
+
+
 def test_a_given_mf_checkpoint_must_have_held_out_this_runs_rows(tiny_root, tmp_path):
     """With the product in the item token, an MF fit on the rows stage 2 trains on (an ``--model=MF`` run, or
     another seed's or budget's holdout) puts it in sample there: the trainer names why."""
@@ -186,6 +200,8 @@ def test_a_given_mf_checkpoint_must_have_held_out_this_runs_rows(tiny_root, tmp_
     assert "records no config" in trainer._holdout_mismatch(None)
     assert "seed" in trainer._holdout_mismatch({**same, "seed": 1})
     assert "stage2_train_rows" in trainer._holdout_mismatch({**same, "stage2_train_rows": 7})
+    assert trainer._holdout_mismatch({**same, "stage2_repeat_rows": False}) is None  # unset and False: fresh rows
+    assert "stage2_repeat_rows" in trainer._holdout_mismatch({**same, "stage2_repeat_rows": True})
 
 
 def test_lora_checkpoint_errors_name_the_key(tiny_root, tmp_path):

@@ -495,3 +495,6 @@ def test_stage0_with_mf_holdout_is_shared_only_with_the_same_later_rows():
     assert stage_config("HistLLM", held, 0) != stage_config("HistLLM", base, 0)
     assert stage_config("HistLLM", held, 0) != stage_config("HistLLM", {**more_rows, "mf_holdout": True}, 0)
     assert stage_config("HistLLM", held, 0) == stage_config("HistLLM", {**other_lr, "mf_holdout": True}, 0)
+    repeated = {**held, "stage2_repeat_rows": True}  # one epoch's rows held out, not three
+    assert stage_config("HistLLM", repeated, 0) != stage_config("HistLLM", held, 0)
+    assert stage_config("HistLLM", {**held, "stage2_repeat_rows": False}, 0) == stage_config("HistLLM", held, 0)
