@@ -386,8 +386,8 @@ class LLMTrainer(Trainer):
 
     def _run_stage(self, stage: int, train_ds, valid_ds, valid_rows: np.ndarray, show_progress: bool) -> dict:
         """Train one stage (or skip it, or take it from ``lora_checkpoint`` or its finished file) and return
-        its summary: epochs of ``stage{k}_train_rows`` fresh rows, early stopping on valid AUC, the stage
-        file rewritten after every epoch (resume) and once more, marked done, at the end."""
+        its summary: epochs of ``stage{k}_train_rows`` rows (:meth:`_epoch_order`), early stopping on valid AUC,
+        the stage file rewritten after every epoch (resume) and once more, marked done, at the end."""
         key, model, cfg = f"stage{stage}", self.model, self.config
         model.set_stage(stage)
         given = config_value(cfg, "lora_checkpoint")
@@ -452,8 +452,8 @@ class LLMTrainer(Trainer):
 
     def _train_epoch(self, run: _StageRun, train_ds, epoch: int,
                      show_progress: bool) -> tuple[float, int, float, dict]:
-        """One epoch of ``run.rows_per_epoch`` fresh rows: ``(mean batch loss over all ranks, rows, seconds,
-        gradient norms)``, the last the median total norm before clipping and the share of steps clipped.
+        """One epoch of ``run.rows_per_epoch`` rows (:meth:`_epoch_order`): ``(mean batch loss over all ranks, rows,
+        seconds, gradient norms)``, the last the median total norm before clipping and the share of steps clipped.
         Each global batch is split between the ranks; their gradients are summed before every step."""
         start, model = time.time(), self.model
         model.train()
