@@ -250,6 +250,7 @@ SCHEMA: dict[str, Rule] = {
     "token_scale": Bool("standardise mapping inputs and RMS-normalise the mapped tokens"),
     "token_moments": Bool("with token_scale: mapped tokens start at the token embeddings' per-dimension mean and std"),
     "cia_interaction": Bool("CIA's item token also carries the MF product u*i (zero-initialised linear branch)"),
+    "cia_residual": Bool("MF's logit u.i, times a trained weight starting at 1, is added to the Yes logit"),
     "mf_holdout": Bool("stage 0 fits MF without the train rows the later CIA stages train on (out of sample)"),
     "mf_checkpoint": PathTo("a finished MF-stage0.pth (stage 0 is then not trained)", exists="file"),
     "mf_embedding_size": Int("collaborative embedding size (the paper's d2)", 1),

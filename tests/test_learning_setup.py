@@ -101,6 +101,36 @@ def test_cia_interaction_starts_as_the_paper_token_then_carries_the_pairs_mf_pro
         assert not torch.allclose(model.cia.item_tokens(items, users_a), model.cia.item_tokens(items, users_b))
 
 
+def test_cia_residual_adds_the_weighted_mf_logit_to_yes_and_learns_its_weight(tiny_root, tmp_path):
+    _, model, train, _, _ = build(tiny_root, tmp_path, cia_residual=True)
+    _, plain, _, _, _ = build(tiny_root, tmp_path / "plain")  # the default: off
+    assert plain.cia.residual_weight is None and "cia.residual_weight" not in plain.checkpoint_state()
+    torch.manual_seed(0)
+    user, item = torch.randn(model.n_users, 256) * 0.1, torch.randn(model.n_items, 256) * 0.1
+    model.set_collaborative_embeddings(user, item)
+    inter = train._dataset[torch.arange(6)]
+    dot = (user[inter["user_id"]] * item[inter["item_id"]]).sum(-1)
+    model.eval()
+    with torch.no_grad():
+        with_mf = model.forward(inter)
+        model.cia.residual_weight.fill_(0.0)
+        without = model.forward(inter)  # weight 0: the LLM's logits alone
+        model.cia.residual_weight.fill_(1.0)
+    assert torch.allclose(with_mf[:, 0] - without[:, 0], dot, atol=1e-5)
+    assert torch.equal(with_mf[:, 1], without[:, 1])  # only the Yes logit moves
+    model.train()
+    model.set_stage(2)
+    assert model.cia.residual_weight.requires_grad and "cia.residual_weight" in model.checkpoint_state()
+    model.calculate_loss(inter).backward()
+    assert model.cia.residual_weight.grad.abs() > 0
+    model.set_stage(1)  # the TALLRec prompt has no CIA slot: no MF logit there (stage 1 stays TALLRec's)
+    model.eval()
+    with torch.no_grad():
+        stage1 = model.forward(inter)
+        model.cia.residual_weight.fill_(0.0)
+        assert torch.equal(stage1, model.forward(inter))
+
+
 def test_token_scale_off_keeps_the_plain_modules(tiny_root, tmp_path):
     _, model, _, _, _ = build(tiny_root, tmp_path, token_scale=False)
     assert model.cia.scale is None and model.vma.scale is None and model.uhem.out_scale is None

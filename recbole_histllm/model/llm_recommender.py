@@ -213,7 +213,7 @@ class LLMRecommender(AbstractRecommender):
             self.vma = VMA(image_table, self.hidden, **mapping)
         if slots & set(USER_SLOTS + ITEM_SLOTS):
             self.cia = CIA(self.n_users, self.n_items, int(config["mf_embedding_size"]), self.hidden, **mapping,
-                           interaction=bool(config["cia_interaction"]))
+                           interaction=bool(config["cia_interaction"]), residual=bool(config["cia_residual"]))
         if HISTORY_SLOT in slots:
             self.uhem = UHEM(self.hidden, config["history_encoder"], config["uhem_layers"], config["uhem_heads"],
                              token_rms=rms)
@@ -383,7 +383,8 @@ class LLMRecommender(AbstractRecommender):
 
     # ---- RecBole interface ------------------------------------------------------------------
     def forward(self, interaction) -> torch.Tensor:
-        """Yes/No logits ``(B, 2)`` at the answer position (Eq. 13)."""
+        """Yes/No logits ``(B, 2)`` at the answer position (Eq. 13); with ``cia_residual``, in a prompt with
+        collaborative slots, MF's weighted logit is added to the Yes logit (:meth:`CIA.mf_logit`)."""
         hist_ids, hist_mask = self.history(interaction)
         builder = self.builders[self.stage]
         batch = builder(self.samples(interaction, hist_ids, hist_mask)).to(self.device)
@@ -391,7 +392,13 @@ class LLMRecommender(AbstractRecommender):
         with autocast(self.device, enabled=self.bf16), self.backbone_speedups():
             vectors = self.slot_vectors(names, interaction, hist_ids, hist_mask)
             prefix = self.prefix_states(builder, batch)
-            return score_batch(self.llm, batch, builder.answer_tokens, vectors, prefix=prefix)
+            logits = score_batch(self.llm, batch, builder.answer_tokens, vectors, prefix=prefix)
+        residual = (self.cia.mf_logit(interaction[self.USER_ID], interaction[self.ITEM_ID])
+                    if self.cia is not None and set(names) & set(USER_SLOTS + ITEM_SLOTS) else None)
+        if residual is None:
+            return logits
+        logits = logits.float()
+        return torch.stack([logits[:, 0] + residual, logits[:, 1]], dim=1)
 
     def backbone_speedups(self) -> contextlib.ExitStack:
         """Contexts that make the backbone cheaper: LoRA adapters that add exactly zero are bypassed (the same outputs;

@@ -300,16 +300,18 @@ class LLMTrainer(Trainer):
         self.model.load_collaborative(checkpoint, train_data._dataset)
         # RecBole's Trainer saves the config with the weights: a given stage 0 must have held out this run's rows
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if source == "given" and self.config["cia_interaction"] and self._collaborative_stages():
+        uses_mf = self.config["cia_interaction"] or self.config["cia_residual"]  # MF's product / logit per row
+        if source == "given" and uses_mf and self._collaborative_stages():
             mismatch = self._holdout_mismatch(saved.get("config") if isinstance(saved, dict) else None)
             if mismatch:
-                self.logger.warning(f"{spec.checkpoint_key} {checkpoint}: {mismatch}, so with cia_interaction the MF"
-                                    " product is in sample on rows the later stages train on; give the stage-0"
-                                    " checkpoint of a run with the same seed, stage rows and mf_holdout: True, or"
-                                    " --cia_interaction=False")
-        elif source == "trained" and self.config["cia_interaction"] and not self.config["mf_holdout"]:
-            self.logger.warning("cia_interaction without mf_holdout: stage 0 fit MF on the rows the later stages train"
-                                " on, so the MF product is in sample there (and out of sample on valid and test rows)")
+                self.logger.warning(f"{spec.checkpoint_key} {checkpoint}: {mismatch}, so with cia_interaction or"
+                                    " cia_residual the MF product is in sample on rows the later stages train on;"
+                                    " give the stage-0 checkpoint of a run with the same seed, stage rows and"
+                                    " mf_holdout: True, or --cia_interaction=False --cia_residual=False")
+        elif source == "trained" and uses_mf and not self.config["mf_holdout"]:
+            self.logger.warning("cia_interaction or cia_residual without mf_holdout: stage 0 fit MF on the rows the"
+                                " later stages train on, so the MF product is in sample there (and out of sample on"
+                                " valid and test rows)")
         # RecBole's Trainer saves its best epoch and valid score with the weights: recorded so that runs
         # whose stage 0 was trained apart (e.g. table rows in separate processes) can be compared
         score = saved.get("best_valid_score") if isinstance(saved, dict) else None

@@ -18,10 +18,15 @@ class CIA(MappingModule):
     token scale, ``emit(M(i) + W (u * i) / s)`` with ``s`` the product's RMS over sampled pairs. ``W`` starts at
     zero, so at initialisation the token is the paper's :math:`M_\\omega(\\mathbf i)`. Without it the frozen LLM
     has to compare two separately mapped tokens through attention to see whether they match.
+
+    ``residual`` (config ``cia_residual``, beyond the paper's text): MF's own logit :math:`\\mathbf u^\\top
+    \\mathbf i`, times a trained weight :math:`w` (starting at 1), is added to the Yes logit (:meth:`mf_logit`), so
+    the LLM's Yes/No gap learns what MF misses instead of re-deriving MF's score from tokens.
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, out_dim: int, hidden: int | None = None,
-                 layers: int = 2, token_rms: float | TokenStats | None = None, interaction: bool = False) -> None:
+                 layers: int = 2, token_rms: float | TokenStats | None = None, interaction: bool = False,
+                 residual: bool = False) -> None:
         super().__init__(dim, out_dim, hidden, layers, token_rms=token_rms)
         self.register_buffer("user_table", torch.zeros(n_users, dim))
         self.register_buffer("item_table", torch.zeros(n_items, dim))
@@ -31,6 +36,7 @@ class CIA(MappingModule):
             nn.init.zeros_(self.cross.weight)
             nn.init.zeros_(self.cross.bias)
             self.register_buffer("cross_scale", torch.ones(()))
+        self.residual_weight = nn.Parameter(torch.ones(())) if residual else None
 
     @torch.no_grad()
     def load(self, user: torch.Tensor, item: torch.Tensor, pairs: int = 8192) -> None:
@@ -57,3 +63,10 @@ class CIA(MappingModule):
             return self(item)
         product = self.user_table[users] * item / self.cross_scale.to(item.dtype)
         return self.emit(self.project(item) + self.cross(product))
+
+    def mf_logit(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """``w * u.i`` per (user, item) pair in float32 (``residual``), or None without ``residual``."""
+        if self.residual_weight is None:
+            return None
+        dot = (self.user_table[users].float() * self.item_table[items].float()).sum(-1)
+        return self.residual_weight.float() * dot
