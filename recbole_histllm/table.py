@@ -456,6 +456,14 @@ def score_runs(runs: dict[tuple[int, int], Path]) -> tuple[dict[tuple[int, int],
     return {key: metrics_on(f.loc[common[key[1]]]) for key, f in frames.items()}, n_common, sizes
 
 
+def rank_blend(frame: pd.DataFrame, reference: pd.DataFrame, rows: pd.Index) -> pd.DataFrame:
+    """``frame[rows]`` with its scores replaced by the mean of its and ``reference``'s ranks over ``rows``, divided
+    by the row count (ties share their mean rank)."""
+    mine = frame.loc[rows, "score"].rank()  # whole or half ranks: their sum is exact, so are its ties
+    theirs = reference.loc[rows, "score"].rank()
+    return frame.loc[rows].assign(score=(mine + theirs) / (2 * len(rows)))
+
+
 def blend_scores(runs: dict[tuple[int, int], Path], reference: int
                  ) -> dict[tuple[int, int], dict[str, float]]:
     """Each run's metrics after averaging its scores with the ``reference`` row's run of the same seed
@@ -469,10 +477,7 @@ def blend_scores(runs: dict[tuple[int, int], Path], reference: int
     for (i, seed), frame in frames.items():
         if i == reference or (reference, seed) not in frames:
             continue
-        rows = common[seed]
-        mine = frame.loc[rows, "score"].rank()  # whole or half ranks: their sum is exact, so are its ties
-        theirs = frames[(reference, seed)].loc[rows, "score"].rank()
-        blended[(i, seed)] = metrics_on(frame.loc[rows].assign(score=(mine + theirs) / (2 * len(rows))))
+        blended[(i, seed)] = metrics_on(rank_blend(frame, frames[(reference, seed)], common[seed]))
     return blended
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from recbole_histllm.run_files import metrics_on, read_predictions
+from recbole_histllm.run_files import common_rows, metrics_on, read_predictions
+from recbole_histllm.table import rank_blend
 
 
 def refit_stage0(run: Path, scratch: Path) -> Path:
@@ -70,17 +71,13 @@ def main() -> None:
         held = stage0_scores(args.stage0, checkpoint)
     frames = {"MF (whole split)": read_predictions(args.mf), "stage-0 MF (held out)": held}
     frames.update({run.parent.name: read_predictions(run) for run in args.runs})
-    rows = None
-    for frame in frames.values():
-        rows = frame.index if rows is None else rows.intersection(frame.index)
-    reference = frames["MF (whole split)"].loc[rows, "score"].rank()
+    rows = common_rows({(i, 0): frame for i, frame in enumerate(frames.values())})[0]  # one seed
     print(f"{len(rows)} common test rows")
     for name, frame in frames.items():
         alone = metrics_on(frame.loc[rows])
         line = f"{name}: AUC {alone['auc']:.4f} UAUC {alone['uauc']:.4f}"
         if name != "MF (whole split)":
-            mine = frame.loc[rows, "score"].rank()
-            blend = metrics_on(frame.loc[rows].assign(score=(mine + reference) / (2 * len(rows))))
+            blend = metrics_on(rank_blend(frame, frames["MF (whole split)"], rows))
             line += f"; + MF (rank mean): AUC {blend['auc']:.4f} UAUC {blend['uauc']:.4f}"
         print(line, flush=True)
 
